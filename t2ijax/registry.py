@@ -1,0 +1,16 @@
+"""Method name (config.method) -> its Method class, imported lazily."""
+
+import importlib
+
+from t2ijax import errors
+
+METHODS = {
+    "damsm": "t2ijax.trainers.damsm:DamsmMethod",
+}
+
+
+def method_class(name: str):
+  if name not in METHODS:
+    raise errors.ConfigError(f"config.method={name!r} is not one of {sorted(METHODS)}")
+  module, cls = METHODS[name].split(":")
+  return getattr(importlib.import_module(module), cls)

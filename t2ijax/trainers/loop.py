@@ -1,0 +1,291 @@
+"""The training harness: mesh, data, sharded init, jitted steps, checkpoints, logs.
+
+    train_and_evaluate(config, workdir)   # resumes from the latest checkpoint
+    evaluate(config, workdir)             # the latest checkpoint on the eval split
+
+One linear loop in banner sections, as the big_vision and Flax examples read.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import periodic_actions
+
+from t2ijax import checkpoint as ckpt_lib
+from t2ijax import errors
+from t2ijax import images as images_lib
+from t2ijax import parallel
+from t2ijax import registry
+from t2ijax import writers
+from t2ijax.data import pipeline
+from t2ijax.data import prepare as prepare_lib
+from t2ijax.trainers import state as state_lib
+
+
+class _Preemption:
+  """Turns SIGTERM into 'save at the next step boundary, then stop'."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del signum, frame
+      logging.warning("SIGTERM: saving a checkpoint at the next step, then stopping")
+      self.requested = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:   # not the main thread (e.g. inside some test runners)
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def open_data(config):
+  """Prepares the data on process 0 first (others wait), then opens it everywhere."""
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    prepared = prepare_lib.prepare(config.data)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("t2ijax data prepared")
+  if jax.process_index() != 0:
+    prepared = prepare_lib.prepare(config.data)   # a no-op on shared storage
+  return prepared
+
+
+def num_attributes(prepared) -> int:
+  record = prepared.source(prepared.builder.info.splits.keys().__iter__().__next__())[0]
+  return len(record["attributes"])
+
+
+def resolve_config(config, prepared) -> None:
+  """Fills data-dependent placeholders (vocabulary size) in place."""
+  if "model" in config and "n_words" in config.model and config.model.n_words < 0:
+    config.model.n_words = len(prepared.vocab)
+  if config.train.num_steps < 0:
+    per_epoch = max(len(prepared.class_ids[config.data.train_split]) // config.train.batch_size, 1)
+    config.train.num_steps = config.train.num_epochs * per_epoch
+
+
+def make_loader(config, prepared, split: str, shuffle: bool, seed_offset: int = 0):
+  spec = pipeline.ExampleSpec.from_config(config.data, num_attributes(prepared))
+  return pipeline.ExampleLoader(prepared.source(split), prepared.vocab,
+                                prepared.class_ids[split], spec,
+                                seed=config.seed + seed_offset, shuffle=shuffle)
+
+
+def data_iterator(config, loader, batch_size: int, start_step: int, num_steps: int | None):
+  return pipeline.batches(
+      loader, batch_size, start_step, num_steps,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_parallel_calls=config.data.num_parallel_calls, prefetch=config.data.prefetch)
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+class Setup:
+  """Everything train and evaluate share: mesh, data, method, abstract state."""
+
+  def __init__(self, config, workdir: str, devices=None):
+    self.config, self.workdir = config, workdir
+    self.mesh = parallel.make_mesh(config.mesh, devices)
+    parallel.check_batch_size(config.train.batch_size, self.mesh)
+    self.prepared = open_data(config)
+    resolve_config(config, self.prepared)
+    self.method = registry.method_class(config.method)(
+        config, self.prepared.vocab, len(self.prepared.class_ids[config.data.train_split]))
+    self.rng = jax.random.key(config.seed)
+    self.abstract_state = jax.eval_shape(self.method.init_state, self.rng)
+    self.state_shardings = parallel.state_shardings(self.abstract_state, self.mesh)
+    self.checkpointer = ckpt_lib.Checkpointer(
+        workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async)
+
+  def jit_train_step(self):
+    return jax.jit(
+        self.method.train_step,
+        in_shardings=(self.state_shardings, parallel.batch_sharding(self.mesh)),
+        out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
+        donate_argnums=(0,))
+
+  def train_batches(self, start_step: int, num_steps: int):
+    """This process's rows of the global train batches from start_step on."""
+    cfg = self.config
+    loader = make_loader(cfg, self.prepared, cfg.data.train_split, shuffle=True)
+    return data_iterator(cfg, loader, cfg.train.batch_size, start_step, num_steps)
+
+  def init_or_restore(self) -> tuple[state_lib.TrainState, int]:
+    if self.checkpointer.latest_step() is None:
+      init = jax.jit(self.method.init_state, out_shardings=self.state_shardings)
+      return self.method.load_pretrained(init(self.rng)), 0
+    abstract = ckpt_lib.abstract_like(self.abstract_state, self.state_shardings)
+    state, position, saved = self.checkpointer.restore(abstract)
+    ckpt_lib.config_differences(saved, self.config)
+    logging.info("resumed from step %d in %s", position["next_step"], self.checkpointer.directory)
+    return state, int(position["next_step"])
+
+
+def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
+  stacked = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in stacked])) for k in stacked[0]}
+
+
+def _check_finite(metrics: dict[str, float], step: int, checkpointer) -> None:
+  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    raise errors.NonFiniteError(
+        f"training diverged by step {step}: {bad}. Nothing was saved after this point; "
+        f"the last good checkpoint is step {checkpointer.latest_step()} in "
+        f"{checkpointer.directory}. Lower the learning rate (or check the data), "
+        "then rerun the same command to resume from that checkpoint")
+
+
+def _save(setup: Setup, state, step: int, finite_fn) -> None:
+  if not bool(jax.device_get(finite_fn(state))):
+    raise errors.NonFiniteError(
+        f"the parameters at step {step} contain NaN/Inf, so they were not saved; the "
+        f"last good checkpoint is step {setup.checkpointer.latest_step()} in "
+        f"{setup.checkpointer.directory}. Lower the learning rate and rerun to resume")
+  setup.checkpointer.save(step, state, {"next_step": step, "seed": setup.config.seed},
+                          setup.config)
+
+
+def _sample(setup: Setup, state, batch, step: int, writer) -> None:
+  picture = setup.method.sample_grid(state, batch)
+  if picture is None or jax.process_index() != 0:
+    return
+  path = images_lib.save_png(
+      os.path.join(setup.workdir, "samples", f"step_{step:07d}.png"), picture)
+  writer.write_images(step, {"samples": picture[None]})
+  logging.info("sample grid: %s", path)
+
+
+def run_eval(setup: Setup, state, step: int, writer) -> dict[str, float]:
+  cfg = setup.config
+  split = cfg.data.eval_split
+  # A fixed seeded shuffle, so batches mix classes (CUB's files are sorted by class).
+  loader = make_loader(cfg, setup.prepared, split, shuffle=True, seed_offset=1)
+  batch_size = cfg.eval.batch_size
+  num = loader.size // batch_size
+  if cfg.eval.num_batches > 0:
+    num = min(num, cfg.eval.num_batches)
+  if num == 0:
+    raise errors.ConfigError(
+        f"eval.batch_size={batch_size} exceeds the {loader.size} examples of split {split!r}")
+  parallel.check_batch_size(batch_size, setup.mesh)
+  eval_fn = jax.jit(setup.method.eval_step,
+                    in_shardings=(setup.state_shardings, parallel.batch_sharding(setup.mesh)))
+  outputs = []
+  with jax.set_mesh(setup.mesh):
+    for local in data_iterator(cfg, loader, batch_size, 0, num):
+      out = eval_fn(state, parallel.global_batch(local, setup.mesh))
+      outputs.append(jax.device_get(out))
+  metrics = {f"eval/{k}": v for k, v in setup.method.summarize_eval(outputs).items()}
+  writer.write_scalars(step, metrics)
+  if jax.process_index() == 0:
+    with open(os.path.join(setup.workdir, f"eval_step{step}.json"), "w") as f:
+      json.dump({"step": step, "split": split, "num_examples": num * batch_size, **metrics},
+                f, indent=2)
+  logging.info("eval at step %d: %s", step, metrics)
+  return metrics
+
+
+def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
+  # ---- setup: mesh, data, method, state ----
+  setup = Setup(config, workdir, devices)
+  write_config(config, workdir)
+  writer = writers.create(workdir)
+  state, start_step = setup.init_or_restore()
+  num_steps = config.train.num_steps
+  cfg = config
+
+  # ---- jitted functions, explicit shardings, donated state ----
+  train_step = setup.jit_train_step()
+  finite_fn = jax.jit(lambda s: state_lib.all_finite(s.nets))
+
+  # ---- data: a pure function of the step, so resuming needs only the step ----
+  batches = setup.train_batches(start_step, max(num_steps - start_step, 0))
+  if jax.process_index() == 0 and start_step == 0:
+    logging.info("parameters: %s", {k: int(sum(x.size for x in jax.tree.leaves(v.params)))
+                                    for k, v in setup.abstract_state.nets.items()})
+
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                           every_steps=cfg.log.every_steps)
+  history, metrics, step = [], {}, start_step
+  sample_batch = None
+  # ---- the loop ----
+  with _Preemption() as preemption, jax.set_mesh(setup.mesh):
+    for step in range(start_step + 1, num_steps + 1):
+      local = next(batches)
+      batch = parallel.global_batch(local, setup.mesh)
+      if sample_batch is None:
+        sample_batch = batch
+      state, step_metrics = train_step(state, batch)
+      history.append(step_metrics)
+      report(step)
+      if step % cfg.log.every_steps == 0 or step == num_steps:
+        metrics = _mean_metrics(history)
+        history = []
+        _check_finite(metrics, step, setup.checkpointer)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+      if cfg.log.sample_every_steps > 0 and (
+          step % cfg.log.sample_every_steps == 0 or step == num_steps):
+        _sample(setup, state, sample_batch, step, writer)
+      if preemption.requested or step % cfg.checkpoint.every_steps == 0 or step == num_steps:
+        _save(setup, state, step, finite_fn)
+      if preemption.requested:
+        setup.checkpointer.wait()
+        logging.warning("stopped at step %d after SIGTERM; rerun the same command to resume",
+                        step)
+        writer.flush()
+        return {"stopped_at": step, **metrics}
+      if cfg.eval.every_steps > 0 and step % cfg.eval.every_steps == 0 and step != num_steps:
+        run_eval(setup, state, step, writer)
+
+  # ---- final evaluation ----
+  final = dict(metrics)
+  if num_steps > start_step or setup.checkpointer.latest_step() is not None:
+    with report.timed("eval"):
+      final.update(run_eval(setup, state, num_steps, writer))
+  setup.checkpointer.close()
+  writer.flush()
+  return final
+
+
+def evaluate(config, workdir: str, devices=None) -> dict[str, float]:
+  setup = Setup(config, workdir, devices)
+  if setup.checkpointer.latest_step() is None:
+    raise errors.CheckpointError(
+        f"no checkpoint in {setup.checkpointer.directory}; train first with --mode=train")
+  state, step = setup.init_or_restore()
+  writer = writers.create(workdir)
+  metrics = run_eval(setup, state, step, writer)
+  writer.flush()
+  return metrics
+
+
+def restore_state(config, workdir: str, devices=None):
+  """(setup, state, step) of the latest checkpoint in workdir, for sampling/loading."""
+  setup = Setup(config, workdir, devices)
+  state, step = setup.init_or_restore()
+  return setup, state, step
+
+
+def jnp_images(batch, size: int) -> jax.Array:
+  """uint8 NHWC -> float32 in [-1, 1], on device."""
+  return batch[f"image{size}"].astype(jnp.float32) / 127.5 - 1.0

@@ -1,0 +1,29 @@
+"""Test setup: eight fake CPU devices (for sharding tests) and tiny configs.
+
+The device count must be set before jax initialises its backend, hence here.
+"""
+
+import os
+import sys
+
+import t2ijax  # noqa: F401  (installs XLA flags before jax starts)
+import jax
+import pytest
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests import tiny_configs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """One prepared-data directory shared by all tests of a session."""
+  return str(tmp_path_factory.mktemp("datasets"))
+
+
+@pytest.fixture
+def tiny_damsm(data_dir):
+  return tiny_configs.damsm(data_dir)
