@@ -27,3 +27,13 @@ def data_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_damsm(data_dir):
   return tiny_configs.damsm(data_dir)
+
+
+def pytest_configure(config):
+  del config
+  # Identical programs (inits, steps) recur across tests and subprocesses:
+  # a persistent compilation cache turns repeat compiles into loads.
+  cache = os.path.join(ROOT, ".pytest_cache", "jax_compilation")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

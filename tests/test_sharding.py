@@ -35,7 +35,7 @@ def test_sharded_step_matches_single_device(tiny_damsm, tmp_path, mesh_shape):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * scale + 1e-7,
                                err_msg=jax.tree_util.keystr(path))
   # The step really changed the parameters (so equality is not vacuous).
-  init = loop.Setup(tiny_damsm, str(tmp_path / "init"), jax.devices()[:1])
+  init = loop.Setup(tiny_damsm, str(tmp_path / "init"), jax.devices())
   fresh = jax.device_get(jax.jit(init.method.init_state)(init.rng).nets)
   moved = [not np.allclose(a, b) for a, b in
            zip(jax.tree.leaves(fresh["text"].params), jax.tree.leaves(single["text"].params))]

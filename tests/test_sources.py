@@ -5,7 +5,7 @@ import os
 import pickle
 import shutil
 
-import fake_layouts
+from tests import fake_layouts
 import numpy as np
 from PIL import Image
 import pytest

@@ -1,0 +1,415 @@
+"""An attribute classifier that judges generated shapes images by their captions.
+
+A small CNN with one softmax head per attribute (shape, colour, size,
+position, background) is trained on freshly rendered real images of the
+procedural shapes data set. Applied to a generator's samples, its predictions
+are compared with the attributes each sample's caption states: high agreement
+means the image shows what the text asked for, and agreement with captions
+shuffled among the images falls to chance, so the score measures text-image
+consistency rather than image quality alone. The accuracy on held-out real
+images is the upper bound such a score can reach.
+
+Inputs larger than 64 pixels are downscaled to 64 inside the classifier: every
+attribute is legible there, and it keeps training and evaluation cheap on a
+CPU. Trained parameters are cached on disk, keyed by image size, seed and
+VERSION, so evaluating many runs trains once.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+import zlib
+from typing import Mapping, Optional, Sequence
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from t2ijax.data import shapes
+
+# Bump when the network, data or recipe changes, so stale caches are ignored.
+VERSION = 1
+
+# Inputs are judged at this side at most (larger ones are downscaled).
+MAX_WORKING_SIZE = 64
+
+ATTRIBUTE_NAMES = shapes.ATTRIBUTE_NAMES
+REQUIRED = shapes.REQUIRED_IN_CAPTION
+NUM_VALUES = {name: len(values) for name, values in shapes.ATTRIBUTES.items()}
+
+_PREDICT_BATCH = 256
+# A horizontal flip swaps left and right and keeps every other position; all
+# shapes are mirror-symmetric, so no other label changes.
+_FLIPPED_POSITION = np.array(
+    [shapes.ATTRIBUTES['position'].index(p) for p in
+     ('right', 'left', 'top', 'bottom', 'center')], np.int32)
+
+
+def working_size(image_size: int) -> int:
+  return min(image_size, MAX_WORKING_SIZE)
+
+
+class AttributeNet(nn.Module):
+  """Strided convolutions, then a dense layer over the flattened map.
+
+  Flattening (not global pooling) keeps where things are, which the position
+  head needs; the first, full-resolution convolution sees the fine edges that
+  tell small stars from crosses and circles.
+  """
+  widths: Sequence[int] = (32, 48, 64, 96)
+  hidden: int = 128
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    x = nn.relu(nn.Conv(self.widths[0], (3, 3), strides=2)(x))
+    for width in self.widths[1:]:
+      x = nn.relu(nn.Conv(width, (3, 3), strides=2)(x))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.hidden)(x))
+    return {name: nn.Dense(n, name=f'{name}_head')(x)
+            for name, n in NUM_VALUES.items()}
+
+
+def _to_unit_range(images) -> jax.Array:
+  """uint8 -> [-1, 1]; floats are taken to be in [-1, 1] already."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 127.5 - 1.0
+  return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
+
+
+def _downscale(x: jax.Array, size: int) -> jax.Array:
+  """Antialiased resize of (N, H, W, C) to (N, size, size, C); no-op if equal."""
+  if x.shape[1] == size and x.shape[2] == size:
+    return x
+  return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), 'linear',
+                          antialias=True)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _predict_batch(model: AttributeNet, params, images,
+                   size: int) -> dict[str, jax.Array]:
+  x = _downscale(_to_unit_range(images), size)
+  return {name: jnp.argmax(logits, axis=-1)
+          for name, logits in model.apply({'params': params}, x).items()}
+
+
+@dataclasses.dataclass
+class Classifier:
+  """Trained parameters plus what is needed to apply and judge them."""
+  params: dict
+  image_size: int
+  heldout_accuracy: dict[str, float]
+  model: AttributeNet = dataclasses.field(default_factory=AttributeNet)
+
+  def predict(self, images) -> dict[str, np.ndarray]:
+    """Predicted labels of (N, image_size, image_size, 3) images.
+
+    Args:
+      images: uint8 in [0, 255] or floats in [-1, 1], NHWC.
+
+    Returns:
+      attribute name -> (N,) int32 labels (indices into shapes.ATTRIBUTES).
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (self.image_size,
+                                                self.image_size, 3):
+      raise ValueError(
+          f'expected (N, {self.image_size}, {self.image_size}, 3) images, got '
+          f'{images.shape}')
+    n = images.shape[0]
+    out = {name: np.zeros((n,), np.int32) for name in ATTRIBUTE_NAMES}
+    for start in range(0, n, _PREDICT_BATCH):
+      chunk = images[start:start + _PREDICT_BATCH]
+      # Padding the last batch keeps one compiled shape for all calls.
+      pad = _PREDICT_BATCH - chunk.shape[0]
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
+                                                chunk.dtype)])
+      labels = _predict_batch(self.model, self.params, chunk,
+                              working_size(self.image_size))
+      for name in ATTRIBUTE_NAMES:
+        out[name][start:start + _PREDICT_BATCH] = np.asarray(
+            labels[name])[:_PREDICT_BATCH - pad]
+    return out
+
+  def real_accuracy(self) -> dict[str, float]:
+    """Accuracy on held-out real images: the upper bound for generated ones.
+
+    Same keys as attribute_agreement: every attribute, 'mean' over the four
+    a caption always states, and 'all4' (all four right at once).
+    """
+    return dict(self.heldout_accuracy)
+
+
+# --- Data.
+
+
+def render_split(split: str, num: int, image_size: int,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Renders real images straight from the generator, skipping PNG and captions.
+
+  Args:
+    split: a name that seeds the images; the classifier uses its own split
+      names, so it never trains on a GAN's evaluation images.
+    num: number of images.
+    image_size: side the images are rendered at.
+    seed: data seed.
+
+  Returns:
+    (num, image_size, image_size, 3) uint8 images and (num, 5) int32 labels in
+    ATTRIBUTE_NAMES order.
+  """
+  split_id = zlib.crc32(split.encode('utf-8'))
+  images = np.empty((num, image_size, image_size, 3), np.uint8)
+  labels = np.empty((num, len(ATTRIBUTE_NAMES)), np.int32)
+  for i in range(num):
+    attribute_rng, render_rng = (
+        np.random.default_rng(child) for child in
+        np.random.SeedSequence([seed, split_id, i]).spawn(2))
+    attributes = shapes.sample_attributes(attribute_rng)
+    images[i] = shapes.render(attributes, image_size, render_rng)
+    labels[i] = [attributes[name] for name in ATTRIBUTE_NAMES]
+  return images, labels
+
+
+def _working_images(images: np.ndarray, size: int) -> np.ndarray:
+  """Downscales real images once up front, as uint8, to hold few bytes."""
+  if images.shape[1] == size:
+    return images
+  resize = jax.jit(lambda x: _downscale(_to_unit_range(x), size))
+  out = [np.asarray(resize(images[i:i + _PREDICT_BATCH]))
+         for i in range(0, len(images), _PREDICT_BATCH)]
+  return np.rint((np.concatenate(out) + 1.0) * 127.5).clip(0, 255).astype(
+      np.uint8)
+
+
+# --- Training.
+
+
+def _augment(key: jax.Array, x: jax.Array,
+             labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mirror (swapping left/right), slight brightness/contrast, pixel noise.
+
+  Kept light: colours stay far from each other and the shape where it is;
+  the noise makes the judge less brittle on generators' grainy samples.
+  """
+  n = x.shape[0]
+  k_flip, k_gain, k_bias, k_std, k_noise = jax.random.split(key, 5)
+  flip = jax.random.bernoulli(k_flip, 0.5, (n,))
+  x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+  position = ATTRIBUTE_NAMES.index('position')
+  flipped = jnp.asarray(_FLIPPED_POSITION)[labels[:, position]]
+  labels = labels.at[:, position].set(
+      jnp.where(flip, flipped, labels[:, position]))
+  gain = jax.random.uniform(k_gain, (n, 1, 1, 1), minval=0.9, maxval=1.1)
+  bias = jax.random.uniform(k_bias, (n, 1, 1, 1), minval=-0.05, maxval=0.05)
+  std = jax.random.uniform(k_std, (n, 1, 1, 1), maxval=0.08)
+  x = x * gain + bias + std * jax.random.normal(k_noise, x.shape)
+  return jnp.clip(x, -1.0, 1.0), labels
+
+
+def _loss(model, params, x, labels):
+  logits = model.apply({'params': params}, x)
+  return sum(optax.softmax_cross_entropy_with_integer_labels(
+      logits[name], labels[:, i]).mean()
+             for i, name in enumerate(ATTRIBUTE_NAMES))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
+def _train_step(model, tx, params, opt_state, images, labels, key):
+  x, labels = _augment(key, _to_unit_range(images), labels)
+  loss, grads = jax.value_and_grad(
+      lambda p: _loss(model, p, x, labels))(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+def accuracy_of(predictions: Mapping[str, np.ndarray],
+                targets: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """Per-attribute accuracy over the attributes `targets` has, mean and all4.
+
+  Each target array may hold -1 where that attribute is not stated; those
+  entries are left out of its accuracy.
+  """
+  out = {}
+  for name in ATTRIBUTE_NAMES:
+    if name not in targets:
+      continue
+    stated = targets[name] >= 0
+    if stated.any():
+      out[name] = float(np.mean(predictions[name][stated] ==
+                                targets[name][stated]))
+  out['mean'] = float(np.mean([out[name] for name in REQUIRED]))
+  out['all4'] = float(np.mean(np.all(
+      [predictions[name] == targets[name] for name in REQUIRED], axis=0)))
+  return out
+
+
+def _label_dict(labels: np.ndarray) -> dict[str, np.ndarray]:
+  return {name: labels[:, i] for i, name in enumerate(ATTRIBUTE_NAMES)}
+
+
+def train_classifier(image_size: int, seed: int = 0, num_train: int = 4000,
+                     num_heldout: int = 1000, steps: int = 600,
+                     batch_size: int = 64,
+                     learning_rate: float = 2e-3) -> Classifier:
+  """Trains an attribute classifier on real images of the given size.
+
+  Args:
+    image_size: side of the images it will judge (32..256 typical).
+    seed: seeds the rendered data, initialisation and batches.
+    num_train: real training images rendered.
+    num_heldout: real held-out images for real_accuracy().
+    steps: Adam steps.
+    batch_size: images per step.
+    learning_rate: peak of a cosine-decayed schedule.
+
+  Returns:
+    The trained Classifier, its held-out accuracy measured.
+  """
+  start = time.time()
+  size = working_size(image_size)
+  train_images, train_labels = render_split(
+      'classifier_train', num_train, image_size, seed)
+  heldout_images, heldout_labels = render_split(
+      'classifier_heldout', num_heldout, image_size, seed)
+  train_images = _working_images(train_images, size)
+  rendered = time.time()
+
+  model = AttributeNet()
+  key = jax.random.key(seed)
+  init_key, key = jax.random.split(key)
+  params = model.init(init_key, jnp.zeros((1, size, size, 3)))['params']
+  tx = optax.adam(optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, min(50, steps // 10 + 1), steps))
+  opt_state = tx.init(params)
+  order_rng = np.random.default_rng(seed)
+  order = np.empty((0,), np.int64)
+  for step in range(steps):
+    if len(order) < batch_size:  # epochs without replacement
+      order = np.concatenate([order, order_rng.permutation(num_train)])
+    batch, order = order[:batch_size], order[batch_size:]
+    params, opt_state, loss = _train_step(
+        model, tx, params, opt_state, train_images[batch],
+        train_labels[batch], jax.random.fold_in(key, step))
+  loss = float(loss)
+
+  classifier = Classifier(params, image_size, {}, model)
+  classifier.heldout_accuracy = accuracy_of(
+      classifier.predict(heldout_images), _label_dict(heldout_labels))
+  logging.info(
+      'shapes classifier %dpx seed %d: rendered in %.1fs, trained in %.1fs, '
+      'final loss %.3f, held-out accuracy %s', image_size, seed,
+      rendered - start, time.time() - rendered, loss,
+      classifier.heldout_accuracy)
+  return classifier
+
+
+# --- Judging generated images.
+
+
+def attribute_agreement(classifier: Classifier, images,
+                        captions: Sequence[str]) -> dict[str, float]:
+  """How often the classifier sees in each image what its caption states.
+
+  Args:
+    classifier: a trained Classifier for the images' size.
+    images: (N, H, W, 3) uint8 or [-1, 1] float images.
+    captions: N captions; images[i] was generated from captions[i].
+
+  Returns:
+    Accuracy of the predictions against parse_caption(caption) for each
+    attribute (the background only over captions that name it, and left out
+    if none does), 'mean' over shape/colour/size/position, and 'all4', the
+    fraction of images with all four right.
+  """
+  if len(captions) != len(images):
+    raise ValueError(f'{len(images)} images but {len(captions)} captions')
+  stated = [shapes.parse_caption(caption) for caption in captions]
+  targets = {name: np.array([s.get(name, -1) for s in stated], np.int32)
+             for name in ATTRIBUTE_NAMES}
+  return accuracy_of(classifier.predict(images), targets)
+
+
+def chance_levels() -> dict[str, float]:
+  """What attribute_agreement gives when images ignore their captions."""
+  out = {name: 1.0 / n for name, n in NUM_VALUES.items()}
+  out['mean'] = float(np.mean([out[name] for name in REQUIRED]))
+  out['all4'] = float(np.prod([out[name] for name in REQUIRED]))
+  return out
+
+
+# --- The cache.
+
+
+def _cache_path(cache_dir: str, image_size: int, seed: int) -> str:
+  return os.path.join(cache_dir, f'shapes_classifier_v{VERSION}_'
+                                 f'{image_size}px_seed{seed}')
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  # A kill mid-write must not leave a truncated file that loads later.
+  tmp = path + '.tmp'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def save(classifier: Classifier, path: str) -> None:
+  """Writes `path`.msgpack (parameters) and `path`.json (the rest), in order."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  _write_atomically(path + '.msgpack',
+                    flax.serialization.to_bytes(classifier.params))
+  meta = {'version': VERSION, 'image_size': classifier.image_size,
+          'heldout_accuracy': classifier.heldout_accuracy}
+  # The json is written last, so its presence means the pair is complete.
+  _write_atomically(path + '.json', json.dumps(meta, indent=2).encode())
+
+
+def load(path: str) -> Classifier:
+  with open(path + '.json') as f:
+    meta = json.load(f)
+  model = AttributeNet()
+  size = working_size(meta['image_size'])
+  template = jax.eval_shape(
+      model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))['params']
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  with open(path + '.msgpack', 'rb') as f:
+    params = flax.serialization.from_bytes(template, f.read())
+  return Classifier(params, meta['image_size'], meta['heldout_accuracy'],
+                    model)
+
+
+def load_or_train(cache_dir: str, image_size: int, seed: int = 0,
+                  **train_kwargs) -> Classifier:
+  """The cached classifier for (image_size, seed, VERSION), trained if absent.
+
+  Args:
+    cache_dir: folder holding cached classifiers (created if needed).
+    image_size: side of the images to judge.
+    seed: training seed.
+    **train_kwargs: passed to train_classifier when it has to train. They are
+      not part of the cache key: use them only with a cache_dir of their own.
+
+  Returns:
+    The Classifier.
+  """
+  path = _cache_path(cache_dir, image_size, seed)
+  if os.path.exists(path + '.json') and os.path.exists(path + '.msgpack'):
+    return load(path)
+  classifier = train_classifier(image_size, seed, **train_kwargs)
+  save(classifier, path)
+  return classifier
+
+
+def cached_path(cache_dir: str, image_size: int,
+                seed: int = 0) -> Optional[str]:
+  """The cache entry's path prefix if it exists, else None."""
+  path = _cache_path(cache_dir, image_size, seed)
+  return path if os.path.exists(path + '.json') else None
