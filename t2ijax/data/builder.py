@@ -121,8 +121,9 @@ def write_side_files(builder: CaptionedImages, captions_per_image: int) -> None:
     ids[split] = [vocab.encode(c, unknown="skip") for caps in builder.all_captions[split]
                   for c in caps[:captions_per_image]]
   out = os.fspath(builder.data_path)
-  text.write_captions_pickle(os.path.join(out, VOCAB_FILE), ids["train"], ids["test"], vocab)
   for split in SPLITS:
     np.save(os.path.join(out, f"class_ids_{split}.npy"),
             np.asarray(builder.class_ids[split], np.int32))
+  # Last: prepare treats the vocabulary file as the mark of a complete data set.
+  text.write_captions_pickle(os.path.join(out, VOCAB_FILE), ids["train"], ids["test"], vocab)
   logging.info("wrote vocabulary of %d words and class index to %s", len(vocab), out)

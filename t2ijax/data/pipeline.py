@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from t2ijax import errors
 from t2ijax.data import crop as crop_lib
 from t2ijax.data import text
 
@@ -54,9 +55,10 @@ class ExampleLoader:
     self.source, self.vocab, self.class_ids = source, vocab, np.asarray(class_ids)
     self.spec, self.seed, self.shuffle = spec, seed, shuffle
     self.size = len(self.class_ids)
+    # Per loader: the current epoch's permutation and the next one (thread-safe).
+    self._permutation = functools.lru_cache(maxsize=2)(self._compute_permutation)
 
-  @functools.lru_cache(maxsize=2)   # the current epoch and the next; thread-safe
-  def _permutation(self, epoch: int) -> np.ndarray:
+  def _compute_permutation(self, epoch: int) -> np.ndarray:
     return np.random.default_rng([self.seed, _PERM_STREAM, epoch]).permutation(self.size)
 
   def index(self, k: int) -> int:
@@ -108,6 +110,7 @@ class ExampleLoader:
     ex["wrong_caption_len"] = np.int32(wrong_len)
     ex["class_id"] = np.int32(self.class_ids[idx])
     ex["index"] = np.int32(idx)
+    ex["wrong_index"] = np.int32(wrong)   # where wrong_caption came from
     if self.spec.num_attributes:
       ex["attributes"] = np.asarray(record["attributes"], np.int32)
     return ex
@@ -117,7 +120,7 @@ class ExampleLoader:
     sig.update(caption=((self.spec.max_words,), np.int32), caption_len=((), np.int32),
                wrong_caption=((self.spec.max_words,), np.int32),
                wrong_caption_len=((), np.int32), class_id=((), np.int32),
-               index=((), np.int32))
+               index=((), np.int32), wrong_index=((), np.int32))
     if self.spec.num_attributes:
       sig["attributes"] = ((self.spec.num_attributes,), np.int32)
     return sig
@@ -159,4 +162,18 @@ def batches(loader: ExampleLoader, global_batch: int, start_step: int,
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)
-  return ds.as_numpy_iterator()
+  return _with_clear_errors(ds.as_numpy_iterator())
+
+
+def _with_clear_errors(iterator):
+  """Re-raises our own errors (unknown word, corrupt image) that tf.data wrapped."""
+  try:
+    yield from iterator
+  except tf.errors.OpError as e:
+    for cls in (errors.CaptionError, errors.CorruptImageError, errors.DataLayoutError,
+                errors.ConfigError):
+      marker = f"{cls.__name__}: "
+      if marker in e.message:
+        detail = e.message.split(marker, 1)[1].split("\n\n", 1)[0]
+        raise cls(detail) from None
+    raise

@@ -88,8 +88,13 @@ def prepare(data_config) -> Prepared:
   if not _complete(b):
     b = _builder(data_config, _reader(data_config))
     logging.info("preparing %s under %s", b.builder_config.name, b.data_dir)
+    # tfds files without side files mean an earlier run stopped in between; tfds
+    # would reuse its files without calling the reader, leaving nothing to write
+    # the side files from, so generate everything again.
+    mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if b.is_prepared()
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=data_config.manual_dir or None))
+        manual_dir=data_config.manual_dir or None, download_mode=mode))
     builder_lib.write_side_files(b, data_config.captions_per_image)
   return open_prepared(data_config)
 

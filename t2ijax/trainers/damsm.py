@@ -87,43 +87,50 @@ class DamsmMethod(method_lib.Method):
         rng=jax.random.key_data(k_state),
         nets={
             "text": state_lib.new_net(text_vars["params"], self.txs["text"]),
-            "image": state_lib.new_net(image_vars["params"], self.txs["image"],
-                                       batch_stats=image_vars.get("batch_stats")),
+            "image": state_lib.new_net(
+                image_vars["params"], self.txs["image"],
+                collections={"batch_stats": image_vars["batch_stats"]}),
         })
 
   def load_pretrained(self, state):
+    """Inception-v3 weights from torchvision, or a whole official image_encoder*.pth."""
     path = self.config.model.inception_weights
     if not path or self.config.model.backbone != "inception_v3":
       return state
-    from t2ijax.convert import torch_inception
-    variables = torch_inception.inception_variables_from_state_dict(
-        torch_inception.load_state_dict(path), "torchvision", ignore_unexpected=True)
+    from t2ijax.convert import torch_damsm, torch_inception
+    state_dict = torch_inception.load_state_dict(path)
+    if "emb_features.weight" in state_dict:      # an official DAMSM image encoder
+      variables = torch_damsm.image_encoder_variables_from_state_dict(state_dict)
+      params, stats = variables["params"], variables["batch_stats"]
+    else:                                        # torchvision's ImageNet Inception-v3
+      variables = torch_inception.inception_variables_from_state_dict(state_dict, "torchvision")
+      params = {"backbone": {k: v for k, v in variables["params"].items() if k != "fc"}}
+      stats = {"backbone": variables["batch_stats"]}
     image = state.nets["image"]
     put = lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
-    params = dict(image.params)
-    params["backbone"] = jax.tree.map(put, variables["params"], image.params["backbone"])
-    stats = dict(image.batch_stats)
-    stats["backbone"] = jax.tree.map(put, variables["batch_stats"],
-                                     image.batch_stats["backbone"])
-    logging.info("loaded Inception-v3 weights from %s", path)
-    nets = dict(state.nets)
-    nets["image"] = image.replace(params=params, batch_stats=stats)
-    return state.replace(nets=nets)
+    merged_params = dict(image.params)
+    merged_stats = dict(image.collections["batch_stats"])
+    for name in params:
+      merged_params[name] = jax.tree.map(put, params[name], image.params[name])
+    for name in stats:
+      merged_stats[name] = jax.tree.map(put, stats[name], merged_stats[name])
+    logging.info("loaded image-encoder weights (%s) from %s", sorted(params), path)
+    image = image.replace(params=merged_params, collections={"batch_stats": merged_stats})
+    return state.replace(nets={**state.nets, "image": image})
 
   # ---- losses ----
-  def _encode(self, params_text, params_image, batch_stats, batch, key, train):
+  def _encode(self, params_text, params_image, collections, batch, key, train):
     images = batch[f"image{self.size}"].astype(jnp.float32) / 127.5 - 1.0
     text = self.text_encoder.apply(
         {"params": params_text}, batch["caption"], batch["caption_len"],
         deterministic=not train, rngs={"dropout": key} if train else None)
-    variables = {"params": params_image, "batch_stats": batch_stats}
+    variables = {"params": params_image, **collections}
     if train:
-      image, updates = self.image_encoder.apply(
+      image, collections = self.image_encoder.apply(
           variables, images, train=True, mutable=["batch_stats"])
-      batch_stats = updates["batch_stats"]
     else:
       image = self.image_encoder.apply(variables, images, train=False)
-    return text["words"], text["sentence"], image["local"], image["global"], batch_stats
+    return text["words"], text["sentence"], image["local"], image["global"], collections
 
   def _losses(self, words, sentence, local, glob, batch):
     g = self.config.damsm
@@ -140,7 +147,7 @@ class DamsmMethod(method_lib.Method):
 
     def loss_fn(params_text, params_image):
       words, sentence, local, glob, stats = self._encode(
-          params_text, params_image, image.batch_stats, batch, key, train=True)
+          params_text, params_image, image.collections, batch, key, train=True)
       losses = self._losses(words, sentence, local, glob, batch)
       return losses["loss"], (losses, stats)
 
@@ -155,7 +162,7 @@ class DamsmMethod(method_lib.Method):
       text, image = reset(text, self.txs["text"]), reset(image, self.txs["image"])
     lr = learning_rate(state.step, self.steps_per_epoch, self.config.optim)
     text = state_lib.apply_updates(text, g_text, self.txs["text"], learning_rate=lr)
-    image = state_lib.apply_updates(image, g_image, self.txs["image"], batch_stats=stats,
+    image = state_lib.apply_updates(image, g_image, self.txs["image"], collections=stats,
                                     learning_rate=lr)
     metrics = dict(losses, lr=lr, text_grad_norm=optax.global_norm(g_text))
     return state.replace(step=state.step + 1, nets={"text": text, "image": image}), metrics
@@ -164,7 +171,7 @@ class DamsmMethod(method_lib.Method):
   def eval_step(self, state, batch):
     text, image = state.nets["text"], state.nets["image"]
     words, sentence, local, glob, _ = self._encode(
-        text.params, image.params, image.batch_stats, batch, None, train=False)
+        text.params, image.params, image.collections, batch, None, train=False)
     out = self._losses(words, sentence, local, glob, batch)
     top1 = damsm_loss.retrieval_top1(glob, sentence)
     out.update(image_to_text_top1=top1["image_to_text"],
@@ -181,7 +188,7 @@ class DamsmMethod(method_lib.Method):
     n, words_shown = min(self.config.log.num_samples, batch["caption"].shape[0]), 6
     text, image = state.nets["text"], state.nets["image"]
     small = jax.tree.map(lambda x: x[:n], dict(batch))
-    words, _, local, _, _ = self._encode(text.params, image.params, image.batch_stats,
+    words, _, local, _, _ = self._encode(text.params, image.params, image.collections,
                                          small, None, train=False)
     b, h, w, d = local.shape
     real_words = jnp.arange(words.shape[1])[None, :] < small["caption_len"][:, None]

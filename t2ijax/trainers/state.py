@@ -16,16 +16,15 @@ import optax
 @flax.struct.dataclass
 class NetState:
   params: Any
-  batch_stats: Any = flax.core.FrozenDict()
+  # Every other variable collection of the network, by name: BatchNorm's
+  # 'batch_stats', spectral norm's power-iteration vectors, ...
+  collections: Mapping[str, Any] = flax.core.FrozenDict()
   opt_state: Any = ()
   ema_params: Any = ()          # () when the method keeps no EMA
 
-  @property
-  def variables(self) -> dict:
-    v = {"params": self.params}
-    if self.batch_stats:
-      v["batch_stats"] = self.batch_stats
-    return v
+  def variables(self, params=None) -> dict:
+    """Flax variables with these (or the given, e.g. EMA) parameters."""
+    return {"params": self.params if params is None else params, **self.collections}
 
 
 @flax.struct.dataclass
@@ -38,17 +37,17 @@ class TrainState:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def new_net(params, tx: optax.GradientTransformation | None, batch_stats=None,
+def new_net(params, tx: optax.GradientTransformation | None, collections=None,
             ema: bool = False) -> NetState:
   return NetState(
       params=params,
-      batch_stats=batch_stats if batch_stats else flax.core.FrozenDict(),
+      collections=dict(collections) if collections else {},
       opt_state=tx.init(params) if tx is not None else (),
       ema_params=jax.tree.map(jnp.copy, params) if ema else ())
 
 
 def apply_updates(net: NetState, grads, tx: optax.GradientTransformation,
-                  batch_stats=None, ema_decay: float | None = None,
+                  collections=None, ema_decay: float | None = None,
                   learning_rate: jax.Array | float | None = None) -> NetState:
   """One optimizer step; `learning_rate` scales `tx`'s updates by -lr when given
   (for schedules that must survive an optimizer reset, as in DAMSM pretraining)."""
@@ -60,7 +59,7 @@ def apply_updates(net: NetState, grads, tx: optax.GradientTransformation,
   if ema_decay is not None and ema != ():
     ema = optax.incremental_update(params, ema, step_size=1.0 - ema_decay)
   return net.replace(params=params, opt_state=opt_state, ema_params=ema,
-                     batch_stats=net.batch_stats if batch_stats is None else batch_stats)
+                     collections=net.collections if collections is None else collections)
 
 
 def all_finite(tree) -> jax.Array:
