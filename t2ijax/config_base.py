@@ -7,6 +7,8 @@ ConfigDict, which is written to the workdir; placeholders such as
 config is what gets saved.
 """
 
+import os
+
 import ml_collections
 
 
@@ -59,3 +61,65 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       num_batches=-1,             # -1: the whole eval split
       batch_size=100))
   return c
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """get_config(arg) of a config file, e.g. the DAMSM config a GAN config embeds."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "t2ijax_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def gan_config(method: str) -> ml_collections.ConfigDict:
+  """Fields shared by the AttnGAN-family GANs (AttnGAN, DM-GAN, MirrorGAN, ...)."""
+  c = base_config(method)
+  c.data.image_sizes = (64, 128, 256)
+  c.data.captions_per_image = 10
+  c.data.max_words = 18
+  c.damsm = ml_collections.ConfigDict(dict(
+      # A DAMSM run (configs/damsm.py) whose encoders condition and judge G.
+      workdir="",
+      # When workdir is empty and this is set (the demo variants), a DAMSM is
+      # pretrained with this config into <workdir>/damsm first.
+      pretrain=ml_collections.ConfigDict(),
+  ))
+  c.model = ml_collections.ConfigDict(dict(
+      ngf=32, ndf=64, r_num=2, z_dim=100, ncf=100, nef=256, num_stages=3,
+      # Reproduce the official attention padding-mask bug (reference §3.3): on
+      # when running converted official weights, off (correct masks) otherwise.
+      official_mask_bug=False))
+  c.loss = ml_collections.ConfigDict(dict(damsm_lambda=5.0, kl_weight=1.0))
+  c.optim = ml_collections.ConfigDict(dict(
+      g_lr=2e-4, d_lr=2e-4, b1=0.5, b2=0.999, ema_decay=0.999))
+  c.sample = ml_collections.ConfigDict(dict(
+      captions="",          # '|'-separated captions for --mode=sample
+      captions_file="",     # or a file with one caption per line
+      num_noise=4,          # noise draws per caption
+      interpolate_steps=0,  # >0: also interpolate between the first two captions
+      seed=100))            # the official sampling seed
+  c.eval.batch_size = 100
+  return c
+
+
+def gan_demo(c: ml_collections.ConfigDict, configs_dir: str) -> None:
+  """The demo variant of a GAN config: built-in shapes at 64/128 pixels, small
+  widths, and a small DAMSM pretrained first into <workdir>/damsm."""
+  c.data.source = "shapes"
+  c.data.image_sizes = (64, 128)
+  c.data.shapes.update(num_train=4000, num_test=1000, image_size=128)
+  c.model.update(num_stages=2, ngf=8, ndf=8, r_num=1)
+  c.train.batch_size = 16
+  c.train.num_epochs = -1
+  c.train.num_steps = 600
+  c.checkpoint.every_steps = 200
+  c.log.update(every_steps=25, sample_every_steps=200)
+  c.eval.update(batch_size=50, num_batches=10)
+  pretrain = load_config_file(os.path.join(configs_dir, "damsm.py"), "demo")
+  # The same captions, hence the same vocabulary, as the GAN's data.
+  pretrain.data.captions_per_image = c.data.captions_per_image
+  pretrain.data.max_words = c.data.max_words
+  pretrain.train.num_steps = 400
+  c.damsm.pretrain = pretrain

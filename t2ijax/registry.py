@@ -6,6 +6,8 @@ from t2ijax import errors
 
 METHODS = {
     "damsm": "t2ijax.trainers.damsm:DamsmMethod",
+    "attngan": "t2ijax.trainers.attngan:AttnGan",
+    "dmgan": "t2ijax.trainers.attngan:DmGan",
 }
 
 

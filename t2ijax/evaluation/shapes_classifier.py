@@ -52,26 +52,45 @@ _FLIPPED_POSITION = np.array(
 
 
 def working_size(image_size: int) -> int:
-  return min(image_size, MAX_WORKING_SIZE)
+  """The side images are judged at: at most 64, and a multiple of 8."""
+  # A multiple of 8 lets the stem's 2x2 blocks and the strided convolutions
+  # tile the image exactly.
+  return max(8, min(image_size, MAX_WORKING_SIZE) // 8 * 8)
+
+
+def _space_to_depth(x: jax.Array, factor: int) -> jax.Array:
+  n, h, w, c = x.shape
+  x = x.reshape(n, h // factor, factor, w // factor, factor, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(
+      n, h // factor, w // factor, factor * factor * c)
 
 
 class AttributeNet(nn.Module):
-  """Strided convolutions, then a dense layer over the flattened map.
+  """A space-to-depth stem, strided convolutions, a dense layer, five heads.
 
-  Flattening (not global pooling) keeps where things are, which the position
-  head needs; the first, full-resolution convolution sees the fine edges that
-  tell small stars from crosses and circles.
+  The stem (2x2 pixel blocks through one dense layer) is a stride-2
+  convolution whose weight gradient is a plain matmul: on a CPU XLA's
+  convolution backward passes cost far more than the forward, and the stem's
+  would be the dearest. Flattening the last map (not pooling it) keeps where
+  things are, which the position head needs.
   """
-  widths: Sequence[int] = (32, 48, 64, 96)
+  stem_width: int = 32
+  widths: Sequence[int] = (48, 64, 96)
   hidden: int = 128
+  pool: bool = False
+  norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-    x = nn.relu(nn.Conv(self.widths[0], (3, 3), strides=2)(x))
-    for width in self.widths[1:]:
+    x = nn.relu(nn.Dense(self.stem_width)(_space_to_depth(x, 2)))
+    for width in self.widths:
       x = nn.relu(nn.Conv(width, (3, 3), strides=2)(x))
-    x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(self.hidden)(x))
+    if self.norm:
+      x = nn.LayerNorm()(x)
+    flat = x.reshape(x.shape[0], -1)
+    if self.pool:
+      flat = jnp.concatenate([flat, x.mean(axis=(1, 2)), x.max(axis=(1, 2))], -1)
+    x = nn.relu(nn.Dense(self.hidden)(flat))
     return {name: nn.Dense(n, name=f'{name}_head')(x)
             for name, n in NUM_VALUES.items()}
 

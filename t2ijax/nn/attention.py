@@ -47,6 +47,7 @@ def query_word_mask(word_mask: jax.Array, num_queries: int,
     num_queries: N, the number of pixels per image (H * W).
     official_mask_bug: reproduce the official row mix-up (module docstring).
   """
+  word_mask = jnp.asarray(word_mask)
   if not official_mask_bug:
     return word_mask[:, None, :]
   batch = word_mask.shape[0]

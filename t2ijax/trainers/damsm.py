@@ -51,12 +51,6 @@ class DamsmMethod(method_lib.Method):
 
   def __init__(self, config, vocab, num_train_examples):
     super().__init__(config, vocab, num_train_examples)
-    m = config.model
-    if m.backbone == "inception_v3" and not m.inception_weights and not m.backbone_trainable:
-      raise errors.ConfigError(
-          "model.backbone=inception_v3 is frozen, so it needs ImageNet weights: set "
-          "--config.model.inception_weights=PATH/inception_v3_google-*.pth (torchvision) "
-          "or a DAMSM image_encoder*.pth; or set --config.model.backbone_trainable=True")
     self.text_encoder, self.image_encoder = build_encoders(config)
     self.size = max(config.data.image_sizes)
     self.steps_per_epoch = max(num_train_examples // config.train.batch_size, 1)
@@ -94,9 +88,17 @@ class DamsmMethod(method_lib.Method):
 
   def load_pretrained(self, state):
     """Inception-v3 weights from torchvision, or a whole official image_encoder*.pth."""
-    path = self.config.model.inception_weights
-    if not path or self.config.model.backbone != "inception_v3":
+    m = self.config.model
+    path = m.inception_weights
+    if m.backbone != "inception_v3":
       return state
+    if not path:
+      if m.backbone_trainable:
+        return state
+      raise errors.ConfigError(
+          "model.backbone=inception_v3 is frozen, so it needs ImageNet weights: set "
+          "--config.model.inception_weights=PATH/inception_v3_google-*.pth (torchvision) "
+          "or a DAMSM image_encoder*.pth; or set --config.model.backbone_trainable=True")
     from t2ijax.convert import torch_damsm, torch_inception
     state_dict = torch_inception.load_state_dict(path)
     if "emb_features.weight" in state_dict:      # an official DAMSM image encoder

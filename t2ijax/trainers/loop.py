@@ -92,11 +92,14 @@ def data_iterator(config, loader, batch_size: int, start_step: int, num_steps: i
       num_parallel_calls=config.data.num_parallel_calls, prefetch=config.data.prefetch)
 
 
-def write_config(config, workdir: str) -> None:
+def write_config(config, workdir: str, vocab) -> None:
+  """The resolved config and the vocabulary, beside the checkpoints."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "vocab.json"), "w") as f:
+      f.write(vocab.to_json())
 
 
 class Setup:
@@ -104,11 +107,14 @@ class Setup:
 
   def __init__(self, config, workdir: str, devices=None):
     self.config, self.workdir = config, workdir
+    method_class = registry.method_class(config.method)
+    if hasattr(method_class, "prepare_run"):   # e.g. a GAN's DAMSM dependency
+      method_class.prepare_run(config, workdir)
     self.mesh = parallel.make_mesh(config.mesh, devices)
     parallel.check_batch_size(config.train.batch_size, self.mesh)
     self.prepared = open_data(config)
     resolve_config(config, self.prepared)
-    self.method = registry.method_class(config.method)(
+    self.method = method_class(
         config, self.prepared.vocab, len(self.prepared.class_ids[config.data.train_split]))
     self.rng = jax.random.key(config.seed)
     self.abstract_state = jax.eval_shape(self.method.init_state, self.rng)
@@ -208,7 +214,7 @@ def run_eval(setup: Setup, state, step: int, writer) -> dict[str, float]:
 def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   # ---- setup: mesh, data, method, state ----
   setup = Setup(config, workdir, devices)
-  write_config(config, workdir)
+  write_config(config, workdir, setup.prepared.vocab)
   writer = writers.create(workdir)
   state, start_step = setup.init_or_restore()
   num_steps = config.train.num_steps

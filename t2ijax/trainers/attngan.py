@@ -1,0 +1,28 @@
+"""AttnGAN and DM-GAN: the shared GAN trainer with their generators and Ds."""
+
+from t2ijax.models import attngan
+from t2ijax.models import dmgan
+from t2ijax.trainers import gan
+from t2ijax.trainers import sampling
+
+
+class AttnGan(gan.TextToImageGan):
+  generator_module = attngan.Generator
+  discriminator_module = attngan.Discriminator
+
+  def make_generator(self):
+    m = self.config.model
+    return self.generator_module(
+        ngf=m.ngf, r_num=m.r_num, z_dim=m.z_dim, ncf=m.ncf, nef=m.nef,
+        num_stages=m.num_stages, official_mask_bug=m.official_mask_bug)
+
+  def make_discriminator(self, image_size):
+    m = self.config.model
+    return self.discriminator_module(ndf=m.ndf, image_size=image_size, nef=m.nef)
+
+  sample_command = staticmethod(sampling.sample_command)
+
+
+class DmGan(AttnGan):
+  generator_module = dmgan.Generator
+  discriminator_module = dmgan.Discriminator
