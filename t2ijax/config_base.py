@@ -87,7 +87,8 @@ def gan_config(method: str) -> ml_collections.ConfigDict:
       pretrain=ml_collections.ConfigDict(),
   ))
   c.model = ml_collections.ConfigDict(dict(
-      ngf=32, ndf=64, r_num=2, z_dim=100, ncf=100, nef=256, num_stages=3,
+      # nef -1: the text features' size of the DAMSM used (256 officially).
+      ngf=32, ndf=64, r_num=2, z_dim=100, ncf=100, nef=-1, num_stages=3,
       # Reproduce the official attention padding-mask bug (reference §3.3): on
       # when running converted official weights, off (correct masks) otherwise.
       official_mask_bug=False))
@@ -101,6 +102,9 @@ def gan_config(method: str) -> ml_collections.ConfigDict:
       interpolate_steps=0,  # >0: also interpolate between the first two captions
       seed=100))            # the official sampling seed
   c.eval.batch_size = 100
+  # On `shapes`, judge generated images with the attribute classifier (trained
+  # once on real shapes images and cached under the data dir).
+  c.eval.shapes_classifier = True
   return c
 
 

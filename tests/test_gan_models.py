@@ -6,6 +6,8 @@ attention-mask references are written here from the reference's description
 of GlobalAttentionGeneral (§3.2 step 1, §3.3) in torch.
 """
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -63,7 +65,7 @@ def _abstract_discriminator(discriminator, batch=2):
       _key(0), jnp.zeros((batch, size, size, 3)), jnp.zeros((batch, NEF))))
 
 
-# --- Parameter counts ----------------------------------------------------------
+# --- Parameter counts --------------------------------------------------------
 
 
 @pytest.mark.parametrize('generator, expected', [
@@ -95,7 +97,7 @@ def test_discriminator_parameter_count(cls, ndf, size, expected):
   assert _count(variables['params']) == expected
 
 
-# --- Output shapes ---------------------------------------------------------------
+# --- Output shapes -----------------------------------------------------------
 
 
 @pytest.mark.parametrize('config', [ATTNGAN_CUB, ATTNGAN_COCO],
@@ -138,7 +140,7 @@ def test_discriminator_without_uncond_head():
   assert 'uncond' not in out and 'UNCOND_DNET' not in variables['params']
 
 
-# --- Parameter paths (mirror the official state-dict keys) -----------------------
+# --- Parameter paths (mirror the official state-dict keys) -------------------
 
 
 def test_attngan_generator_parameter_paths():
@@ -233,7 +235,7 @@ def test_dmgan_parameter_paths():
   assert 'batch_stats' not in variables
 
 
-# --- Word attention and the official mask bug -------------------------------------
+# --- Word attention and the official mask bug --------------------------------
 
 
 def _torch_global_attention(h, words, weight, padding):
@@ -329,9 +331,8 @@ def test_default_mask_uses_each_captions_own_padding():
   np.testing.assert_allclose(attn.sum(-1), 1.0, rtol=1e-6)
 
 
-def _padded_word_gradient(module, h, words, mask, **kwargs):
+def _padded_word_gradient(module, variables, h, words, mask, **kwargs):
   """d(random projection of the outputs) / d(words) at padded positions."""
-  variables = module.init(_key(0), h, words, mask, **kwargs)
 
   def loss(words):
     out, attn = module.apply(variables, h, words, mask, **kwargs)
@@ -347,20 +348,23 @@ def _padded_word_gradient(module, h, words, mask, **kwargs):
 
 @pytest.mark.parametrize('module, kwargs', [
     (attention.WordAttention(), {}),
-    (dmgan.MemoryStage(ngf=8, r_num=1), {'train': False}),
+    (dmgan.MemoryStage(ngf=8, r_num=0), {'train': False}),
 ], ids=['attngan_attention', 'dmgan_memory'])
 def test_attention_ignores_padded_words(module, kwargs):
   h, words, mask = _attention_case([5, 3, 2, 1], seed=2)
-  padded, real = _padded_word_gradient(module, h, words, mask, **kwargs)
+  variables = jax.jit(lambda: module.init(_key(0), h, words, mask, **kwargs))()
+  padded, real = _padded_word_gradient(module, variables, h, words, mask,
+                                       **kwargs)
   assert np.all(padded == 0.0)
   assert np.any(real != 0.0)
   # With the official bug, padded words of some captions leak in.
   buggy = module.clone(official_mask_bug=True)
-  padded, _ = _padded_word_gradient(buggy, h, words, mask, **kwargs)
+  padded, _ = _padded_word_gradient(buggy, variables, h, words, mask,
+                                    **kwargs)
   assert np.any(padded != 0.0)
 
 
-# --- Layers -------------------------------------------------------------------------
+# --- Layers ------------------------------------------------------------------
 
 
 def test_conv2d_and_upsample_match_torch():
@@ -380,6 +384,41 @@ def test_conv2d_and_upsample_match_torch():
       torch.from_numpy(x).permute(0, 3, 1, 2), scale_factor=2,
       mode='nearest').permute(0, 2, 3, 1).numpy()
   np.testing.assert_array_equal(layers.upsample_nearest_2x(x), up)
+
+
+def _torch_glu(x):
+  half = x.shape[1] // 2
+  return x[:, :half] * torch.sigmoid(x[:, half:])
+
+
+def test_init_stage_matches_torch_description():
+  """INIT_STAGE_G per reference §3.2: fc, BN1d, GLU, channel-major view, 4
+  upBlocks; both in training mode (batch statistics)."""
+  channels, batch = 32, 4
+  code = np.random.default_rng(4).normal(size=(batch, 12)).astype(np.float32)
+  stage = attngan.InitStage(channels)
+  variables = jax.jit(lambda: stage.init(_key(0), code, train=False))()
+  out, _ = jax.jit(functools.partial(
+      stage.apply, train=True, mutable=['batch_stats']))(variables, code)
+  params = jax.tree_util.tree_map(lambda x: torch.from_numpy(np.array(x)),
+                                  variables['params'])
+
+  def batch_norm(x, bn):
+    return torch.nn.functional.batch_norm(
+        x, None, None, bn['scale'], bn['bias'], training=True, eps=1e-5)
+
+  x = torch.from_numpy(code) @ params['fc']['kernel']
+  x = _torch_glu(batch_norm(x, params['fc_bn']))
+  x = x.view(batch, channels, 4, 4)
+  for i in range(1, 5):
+    block = params[f'upsample{i}']
+    x = torch.nn.functional.interpolate(x, scale_factor=2, mode='nearest')
+    x = torch.nn.functional.conv2d(
+        x, block['conv']['kernel'].permute(3, 2, 0, 1), padding=1)
+    x = _torch_glu(batch_norm(x, block['bn']))
+  assert out.shape == (batch, 64, 64, channels // 16)
+  np.testing.assert_allclose(out, x.permute(0, 2, 3, 1).numpy(), rtol=1e-4,
+                             atol=1e-4)
 
 
 def test_glu_and_conditioning_augmentation():
@@ -406,7 +445,7 @@ def test_batch_norm_uses_torch_defaults():
   assert (bn.momentum, bn.epsilon) == (0.9, 1e-5)
 
 
-# --- Spectral norm -------------------------------------------------------------------
+# --- Spectral norm -----------------------------------------------------------
 
 
 def test_spectral_conv_power_iteration():
@@ -461,7 +500,7 @@ def test_spectral_norm_passes_no_gradient_to_u():
   assert np.any(np.asarray(grads['params']['kernel']) != 0.0)
 
 
-# --- A tiny 3-stage model runs forward and backward under jit --------------------
+# --- A tiny 3-stage model runs forward and backward under jit ----------------
 
 
 def _random_variables(abstract, seed=0):
@@ -486,13 +525,17 @@ def _random_variables(abstract, seed=0):
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-@pytest.mark.parametrize('family', [attngan, dmgan])
-def test_tiny_three_stage_train_step_under_jit(family):
+# AttnGAN at all three stages; DM-GAN at two (its memory stage is the same
+# code at every size) to keep the compile time of the suite down.
+@pytest.mark.parametrize('family, num_stages', [(attngan, 3), (dmgan, 2)],
+                         ids=['attngan', 'dmgan'])
+def test_tiny_train_step_under_jit(family, num_stages):
   batch, num_words, nef, z_dim = 2, 5, 32, 16
+  sizes = [64, 128, 256][:num_stages]
   generator = family.Generator(ngf=8, r_num=1, z_dim=z_dim, ncf=8, nef=nef,
-                               official_mask_bug=True)
+                               num_stages=num_stages, official_mask_bug=True)
   # The last stage's D is the largest; the others share its code.
-  discriminator = family.Discriminator(ndf=4, image_size=256, nef=nef)
+  discriminator = family.Discriminator(ndf=4, image_size=sizes[-1], nef=nef)
   z = jax.random.normal(_key(0), (batch, z_dim))
   sentence = jax.random.normal(_key(1), (batch, nef))
   words = jax.random.normal(_key(2), (batch, num_words, nef))
@@ -504,33 +547,36 @@ def test_tiny_three_stage_train_step_under_jit(family):
   g_vars = _random_variables(jax.eval_shape(
       lambda: generator.init(_key(3), *inputs, ca_key=_key(4))))
   d_vars = _random_variables(jax.eval_shape(lambda: discriminator.init(
-      _key(5), jnp.zeros((batch, 256, 256, 3)), sentence)))
+      _key(5), jnp.zeros((batch, sizes[-1], sizes[-1], 3)), sentence)))
   mutable = ['batch_stats', 'spectral']
 
   def generator_loss(g_params):
     out, g_state = generator.apply({**g_vars, 'params': g_params}, *inputs,
                                    ca_key=_key(6), train=True,
                                    mutable=mutable)
-    logits, _ = discriminator.apply(d_vars, out['images'][-1], sentence,
-                                    train=True, mutable=mutable)
+    logits, d_state = discriminator.apply(
+        d_vars, out['images'][-1], sentence, train=True, mutable=mutable)
     loss = (jnp.mean(jax.nn.softplus(-logits['uncond']))
             + jnp.mean(jax.nn.softplus(-logits['cond'])))
-    # Stand-ins for the 64 and 128 discriminators' terms.
-    loss += sum(jnp.mean(image**2) for image in out['images'][:2])
-    return loss, (out, g_state)
+    # Stand-ins for the other discriminators' terms.
+    loss += sum(jnp.mean(image**2) for image in out['images'][:-1])
+    return loss, (out, g_state, d_state)
 
-  grads, (out, g_state) = jax.jit(jax.grad(generator_loss, has_aux=True))(
+  grads, (out, g_state, d_state) = jax.jit(jax.grad(generator_loss, has_aux=True))(
       g_vars['params'])
-  assert [x.shape[1] for x in out['images']] == [64, 128, 256]
+  assert [x.shape[1] for x in out['images']] == sizes
   assert all(np.all(np.abs(np.asarray(x)) <= 1.0) for x in out['images'])
   leaves = jax.tree_util.tree_leaves(grads)
   assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
   # Every stage is trained, the refinement stages through the attention too.
-  for stage in (1, 2, 3):
+  for stage in range(1, num_stages + 1):
     assert np.any(np.asarray(grads[f'img_net{stage}']['img']['kernel']) != 0)
-  first_attention_layer = 'att' if family is attngan else 'key'
+  attention_layer = 'att' if family is attngan else 'key'
   assert np.any(np.asarray(jax.tree_util.tree_leaves(
-      grads['h_net3'][first_attention_layer])[0]) != 0)
+      grads[f'h_net{num_stages}'][attention_layer])[0]) != 0)
   # Train mode moved the running statistics.
   assert not np.allclose(g_state['batch_stats']['h_net1']['fc_bn']['mean'],
                          g_vars['batch_stats']['h_net1']['fc_bn']['mean'])
+  if family is dmgan:  # and the power iteration advanced
+    assert not np.allclose(d_state['spectral']['img_code_s16']['conv_0']['u'],
+                           d_vars['spectral']['img_code_s16']['conv_0']['u'])

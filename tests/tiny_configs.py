@@ -60,3 +60,27 @@ def as_flags(overrides: dict) -> list[str]:
       value = "(" + ",".join(str(v) for v in value) + ",)"
     out.append(f"--config.{key}={value}")
   return out
+
+
+def gan(method: str, data_dir: str, damsm_workdir: str):
+  """A two-stage (64/128) GAN of tiny width on tiny shapes, with a given DAMSM."""
+  config = load_config(method, "demo")
+  apply(config, {
+      "data.shapes.num_train": 32, "data.shapes.num_test": 16,
+      "data.captions_per_image": 3, "data.max_words": 8, "data.num_parallel_calls": 2,
+      "model.ngf": 4, "model.ndf": 4, "train.batch_size": 8, "train.num_steps": 3,
+      "checkpoint.every_steps": 3, "checkpoint.use_async": False, "log.every_steps": 1,
+      "log.sample_every_steps": 3, "log.num_samples": 2,
+      "eval.batch_size": 8, "eval.num_batches": 1, "eval.shapes_classifier": False,
+  })
+  config.data.data_dir = data_dir
+  config.damsm.workdir = damsm_workdir
+  return config
+
+
+def damsm_for_gan(data_dir: str):
+  """The tiny DAMSM config whose data (captions, hence vocabulary) a tiny GAN shares."""
+  config = damsm(data_dir)
+  apply(config, {"data.captions_per_image": 3, "data.max_words": 8, "train.num_steps": 2,
+                 "data.shapes.num_train": 32, "data.shapes.num_test": 16})
+  return config

@@ -44,6 +44,8 @@ REQUIRED = shapes.REQUIRED_IN_CAPTION
 NUM_VALUES = {name: len(values) for name, values in shapes.ATTRIBUTES.items()}
 
 _PREDICT_BATCH = 256
+AUG = True
+LW = {}
 # A horizontal flip swaps left and right and keeps every other position; all
 # shapes are mirror-symmetric, so no other label changes.
 _FLIPPED_POSITION = np.array(
@@ -79,12 +81,23 @@ class AttributeNet(nn.Module):
   hidden: int = 128
   pool: bool = False
   norm: bool = False
+  gn: bool = False
+  patch: bool = False
+  chroma: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    if self.chroma:
+      x = jnp.concatenate([x, x.max(-1, keepdims=True) - x.min(-1, keepdims=True) - 1.0], -1)
     x = nn.relu(nn.Dense(self.stem_width)(_space_to_depth(x, 2)))
     for width in self.widths:
-      x = nn.relu(nn.Conv(width, (3, 3), strides=2)(x))
+      if self.patch:
+        x = nn.Dense(width)(_space_to_depth(x, 2))
+      else:
+        x = nn.Conv(width, (3, 3), strides=2)(x)
+      if self.gn:
+        x = nn.GroupNorm(num_groups=8)(x)
+      x = nn.relu(x)
     if self.norm:
       x = nn.LayerNorm()(x)
     flat = x.reshape(x.shape[0], -1)
@@ -235,14 +248,16 @@ def _augment(key: jax.Array, x: jax.Array,
 
 def _loss(model, params, x, labels):
   logits = model.apply({'params': params}, x)
-  return sum(optax.softmax_cross_entropy_with_integer_labels(
+  return sum(LW.get(name, 1.0) * optax.softmax_cross_entropy_with_integer_labels(
       logits[name], labels[:, i]).mean()
              for i, name in enumerate(ATTRIBUTE_NAMES))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
 def _train_step(model, tx, params, opt_state, images, labels, key):
-  x, labels = _augment(key, _to_unit_range(images), labels)
+  x = _to_unit_range(images)
+  if AUG:
+    x, labels = _augment(key, x, labels)
   loss, grads = jax.value_and_grad(
       lambda p: _loss(model, p, x, labels))(params)
   updates, opt_state = tx.update(grads, opt_state, params)

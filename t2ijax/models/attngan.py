@@ -297,9 +297,12 @@ class Discriminator(nn.Module):
       self.img_code_s64 = block(32 * ndf, 4)
       self.img_code_s64_1 = block(16 * ndf, 3)
       self.img_code_s64_2 = block(8 * ndf, 3)
+    # Upper-case names, as the official state-dict keys.
+    # pylint: disable=invalid-name
     if self.use_uncond:
-      self.UNCOND_DNET = LogitsHead(ndf, sn, conditional=False)  # pylint: disable=invalid-name
-    self.COND_DNET = LogitsHead(ndf, sn, conditional=True)  # pylint: disable=invalid-name
+      self.UNCOND_DNET = LogitsHead(ndf, sn, conditional=False)
+    self.COND_DNET = LogitsHead(ndf, sn, conditional=True)
+    # pylint: enable=invalid-name
 
   def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     """(B, S, S, 3) images in [-1, 1] -> (B, 4, 4, 8 * ndf) features."""

@@ -165,8 +165,8 @@ class SpectralDense(nn.Module):
                         (in_features, self.features))
     y = x @ normalize_kernel(self, kernel, self.eps)
     if self.use_bias:
-      y = y + self.param('bias', self.bias_init or _torch_bias_init(in_features),
-                         (self.features,))
+      bias_init = self.bias_init or _torch_bias_init(in_features)
+      y = y + self.param('bias', bias_init, (self.features,))
     return y
 
 

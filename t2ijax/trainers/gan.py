@@ -59,6 +59,13 @@ class TextToImageGan(method_lib.Method):
           f"model.num_stages={config.model.num_stages} but data.image_sizes={self.sizes}: "
           "give one image size per generator stage (64, 128, 256)")
     self.damsm = damsm_loader.load(config.damsm.workdir, vocab)
+    damsm_nef = self.damsm.config.model.nef
+    if config.model.nef < 0:
+      config.model.nef = damsm_nef
+    elif config.model.nef != damsm_nef:
+      raise errors.ConfigError(
+          f"model.nef={config.model.nef} but the DAMSM in {config.damsm.workdir} has "
+          f"nef={damsm_nef}; leave model.nef at -1 to take the DAMSM's")
     self.generator = self.make_generator()
     self.discriminators = [self.make_discriminator(size) for size in self.sizes]
     o = config.optim
@@ -255,7 +262,7 @@ class TextToImageGan(method_lib.Method):
     result = {"damsm_image_to_text_top1": float(np.mean(
         [o["damsm_image_to_text_top1"] for o in outputs])),
               "damsm_chance_top1": 1.0 / self.config.eval.batch_size}
-    if "attributes" in outputs[0] and self.config.data.source == "shapes":
+    if "attributes" in outputs[0] and self.config.eval.shapes_classifier:
       result.update(self._shapes_agreement(outputs))
     return result
 

@@ -108,11 +108,11 @@ class Setup:
   def __init__(self, config, workdir: str, devices=None):
     self.config, self.workdir = config, workdir
     method_class = registry.method_class(config.method)
-    if hasattr(method_class, "prepare_run"):   # e.g. a GAN's DAMSM dependency
-      method_class.prepare_run(config, workdir)
     self.mesh = parallel.make_mesh(config.mesh, devices)
     parallel.check_batch_size(config.train.batch_size, self.mesh)
     self.prepared = open_data(config)
+    if hasattr(method_class, "prepare_run"):   # e.g. a GAN's DAMSM dependency
+      method_class.prepare_run(config, workdir)
     resolve_config(config, self.prepared)
     self.method = method_class(
         config, self.prepared.vocab, len(self.prepared.class_ids[config.data.train_split]))
