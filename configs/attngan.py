@@ -24,10 +24,7 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 5000
   c.data.source = "cub"
   if variant == "coco":
-    c.data.source = "coco"
-    c.data.captions_per_image = 5
-    c.data.max_words = 12
-    c.data.bbox_crop = False
+    config_base.use_coco(c, max_words=12)
     c.model.update(ngf=48, ndf=96, r_num=3)
     c.train.batch_size = 14
     c.train.num_epochs = 120

@@ -58,10 +58,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   if variant == "cub":
     c.data.source = "cub"
   elif variant == "coco":
-    c.data.source = "coco"
-    c.data.captions_per_image = 5
-    c.data.max_words = 15
-    c.data.bbox_crop = False
+    config_base.use_coco(c, max_words=15)
     c.train.num_epochs = 600
   elif variant == "demo":
     c.data.source = "shapes"

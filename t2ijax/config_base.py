@@ -39,6 +39,14 @@ def data_config(source: str = "shapes") -> ml_collections.ConfigDict:
   return d
 
 
+def use_coco(c: ml_collections.ConfigDict, max_words: int) -> None:
+  """COCO-2014 as the AttnGAN family reads it: 5 captions, no bounding boxes."""
+  c.data.source = "coco"
+  c.data.captions_per_image = 5
+  c.data.max_words = max_words
+  c.data.bbox_crop = False
+
+
 def base_config(method: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
@@ -121,6 +129,8 @@ def gan_demo(c: ml_collections.ConfigDict, configs_dir: str) -> None:
   c.checkpoint.every_steps = 200
   c.log.update(every_steps=25, sample_every_steps=200)
   c.eval.update(batch_size=50, num_batches=10)
+  # 0.999 (official) averages over ~1000 steps, longer than the demo itself.
+  c.optim.ema_decay = 0.99
   pretrain = load_config_file(os.path.join(configs_dir, "damsm.py"), "demo")
   # The same captions, hence the same vocabulary, as the GAN's data.
   pretrain.data.captions_per_image = c.data.captions_per_image

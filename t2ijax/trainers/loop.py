@@ -9,11 +9,9 @@ One linear loop in banner sections, as the big_vision and Flax examples read.
 import json
 import os
 import signal
-import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import periodic_actions
@@ -64,9 +62,9 @@ def open_data(config):
   return prepared
 
 
-def num_attributes(prepared) -> int:
-  record = prepared.source(prepared.builder.info.splits.keys().__iter__().__next__())[0]
-  return len(record["attributes"])
+def num_attributes(prepared, split: str) -> int:
+  """Attribute labels per example (5 for shapes, 0 for captioned photos)."""
+  return len(prepared.source(split)[0]["attributes"])
 
 
 def resolve_config(config, prepared) -> None:
@@ -79,7 +77,7 @@ def resolve_config(config, prepared) -> None:
 
 
 def make_loader(config, prepared, split: str, shuffle: bool, seed_offset: int = 0):
-  spec = pipeline.ExampleSpec.from_config(config.data, num_attributes(prepared))
+  spec = pipeline.ExampleSpec.from_config(config.data, num_attributes(prepared, split))
   return pipeline.ExampleLoader(prepared.source(split), prepared.vocab,
                                 prepared.class_ids[split], spec,
                                 seed=config.seed + seed_offset, shuffle=shuffle)
@@ -218,7 +216,6 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
   writer = writers.create(workdir)
   state, start_step = setup.init_or_restore()
   num_steps = config.train.num_steps
-  cfg = config
 
   # ---- jitted functions, explicit shardings, donated state ----
   train_step = setup.jit_train_step()
@@ -231,7 +228,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
                                     for k, v in setup.abstract_state.nets.items()})
 
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=cfg.log.every_steps)
+                                           every_steps=config.log.every_steps)
   history, metrics, step = [], {}, start_step
   sample_batch = None
   # ---- the loop ----
@@ -244,30 +241,29 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
       state, step_metrics = train_step(state, batch)
       history.append(step_metrics)
       report(step)
-      if step % cfg.log.every_steps == 0 or step == num_steps:
+      if step % config.log.every_steps == 0 or step == num_steps:
         metrics = _mean_metrics(history)
         history = []
         _check_finite(metrics, step, setup.checkpointer)
         writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
-      if cfg.log.sample_every_steps > 0 and (
-          step % cfg.log.sample_every_steps == 0 or step == num_steps):
+      if config.log.sample_every_steps > 0 and (
+          step % config.log.sample_every_steps == 0 or step == num_steps):
         _sample(setup, state, sample_batch, step, writer)
-      if preemption.requested or step % cfg.checkpoint.every_steps == 0 or step == num_steps:
+      if preemption.requested or step % config.checkpoint.every_steps == 0 or step == num_steps:
         _save(setup, state, step, finite_fn)
       if preemption.requested:
-        setup.checkpointer.wait()
+        setup.checkpointer.close()
         logging.warning("stopped at step %d after SIGTERM; rerun the same command to resume",
                         step)
         writer.flush()
         return {"stopped_at": step, **metrics}
-      if cfg.eval.every_steps > 0 and step % cfg.eval.every_steps == 0 and step != num_steps:
+      if config.eval.every_steps > 0 and step % config.eval.every_steps == 0 and step != num_steps:
         run_eval(setup, state, step, writer)
 
   # ---- final evaluation ----
   final = dict(metrics)
-  if num_steps > start_step or setup.checkpointer.latest_step() is not None:
-    with report.timed("eval"):
-      final.update(run_eval(setup, state, num_steps, writer))
+  with report.timed("eval"):
+    final.update(run_eval(setup, state, num_steps, writer))
   setup.checkpointer.close()
   writer.flush()
   return final
@@ -291,7 +287,3 @@ def restore_state(config, workdir: str, devices=None):
   state, step = setup.init_or_restore()
   return setup, state, step
 
-
-def jnp_images(batch, size: int) -> jax.Array:
-  """uint8 NHWC -> float32 in [-1, 1], on device."""
-  return batch[f"image{size}"].astype(jnp.float32) / 127.5 - 1.0
