@@ -82,7 +82,7 @@ class AttributeNet(nn.Module):
   pooled, which gives shape and background a translation-invariant view.
   """
   stem_width: int = 32
-  widths: Sequence[int] = (64, 64, 96)
+  widths: Sequence[int] = (48, 64, 96)
   hidden: int = 128
 
   @nn.compact
@@ -121,6 +121,25 @@ def _predict_batch(model: AttributeNet, params, images,
           for name, logits in model.apply({'params': params}, x).items()}
 
 
+def _predict_labels(model: AttributeNet, params, images: np.ndarray,
+                    size: int) -> dict[str, np.ndarray]:
+  """Labels of any number of images, in fixed-size batches."""
+  n = images.shape[0]
+  out = {name: np.zeros((n,), np.int32) for name in ATTRIBUTE_NAMES}
+  for start in range(0, n, _PREDICT_BATCH):
+    chunk = images[start:start + _PREDICT_BATCH]
+    # Padding the last batch keeps one compiled shape for all calls.
+    pad = _PREDICT_BATCH - chunk.shape[0]
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
+                                              chunk.dtype)])
+    labels = _predict_batch(model, params, chunk, size)
+    for name in ATTRIBUTE_NAMES:
+      out[name][start:start + _PREDICT_BATCH] = np.asarray(
+          labels[name])[:_PREDICT_BATCH - pad]
+  return out
+
+
 @dataclasses.dataclass
 class Classifier:
   """Trained parameters plus what is needed to apply and judge them."""
@@ -144,21 +163,8 @@ class Classifier:
       raise ValueError(
           f'expected (N, {self.image_size}, {self.image_size}, 3) images, got '
           f'{images.shape}')
-    n = images.shape[0]
-    out = {name: np.zeros((n,), np.int32) for name in ATTRIBUTE_NAMES}
-    for start in range(0, n, _PREDICT_BATCH):
-      chunk = images[start:start + _PREDICT_BATCH]
-      # Padding the last batch keeps one compiled shape for all calls.
-      pad = _PREDICT_BATCH - chunk.shape[0]
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
-                                                chunk.dtype)])
-      labels = _predict_batch(self.model, self.params, chunk,
-                              working_size(self.image_size))
-      for name in ATTRIBUTE_NAMES:
-        out[name][start:start + _PREDICT_BATCH] = np.asarray(
-            labels[name])[:_PREDICT_BATCH - pad]
-    return out
+    return _predict_labels(self.model, self.params, images,
+                           working_size(self.image_size))
 
   def real_accuracy(self) -> dict[str, float]:
     """Accuracy on held-out real images: the upper bound for generated ones.
@@ -172,8 +178,8 @@ class Classifier:
 # --- Data.
 
 
-def render_split(split: str, num: int, image_size: int,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def render_split(split: str, num: int, image_size: int, seed: int = 0,
+                 first: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Renders real images straight from the generator, skipping PNG and captions.
 
   Args:
@@ -182,6 +188,7 @@ def render_split(split: str, num: int, image_size: int,
     num: number of images.
     image_size: side the images are rendered at.
     seed: data seed.
+    first: index of the first image; images depend only on their index.
 
   Returns:
     (num, image_size, image_size, 3) uint8 images and (num, 5) int32 labels in
@@ -193,22 +200,37 @@ def render_split(split: str, num: int, image_size: int,
   for i in range(num):
     attribute_rng, render_rng = (
         np.random.default_rng(child) for child in
-        np.random.SeedSequence([seed, split_id, i]).spawn(2))
+        np.random.SeedSequence([seed, split_id, first + i]).spawn(2))
     attributes = shapes.sample_attributes(attribute_rng)
     images[i] = shapes.render(attributes, image_size, render_rng)
     labels[i] = [attributes[name] for name in ATTRIBUTE_NAMES]
   return images, labels
 
 
-def _working_images(images: np.ndarray, size: int) -> np.ndarray:
-  """Downscales real images once up front, as uint8, to hold few bytes."""
-  if images.shape[1] == size:
-    return images
-  resize = jax.jit(lambda x: _downscale(_to_unit_range(x), size))
-  out = [np.asarray(resize(images[i:i + _PREDICT_BATCH]))
-         for i in range(0, len(images), _PREDICT_BATCH)]
-  return np.rint((np.concatenate(out) + 1.0) * 127.5).clip(0, 255).astype(
-      np.uint8)
+@functools.partial(jax.jit, static_argnums=1)
+def _downscale_uint8(images: jax.Array, size: int) -> jax.Array:
+  x = _downscale(_to_unit_range(images), size)
+  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def _working_split(split: str, num: int, image_size: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """render_split, downscaled to the working size chunk by chunk.
+
+  Only the working-size images are kept: 4000 images of 256 pixels would
+  take 800 MB, at 64 pixels they take 50.
+  """
+  size = working_size(image_size)
+  if size == image_size:
+    return render_split(split, num, image_size, seed)
+  images = np.empty((num, size, size, 3), np.uint8)
+  labels = np.empty((num, len(ATTRIBUTE_NAMES)), np.int32)
+  for start in range(0, num, _PREDICT_BATCH):
+    stop = min(start + _PREDICT_BATCH, num)
+    chunk, labels[start:stop] = render_split(split, stop - start, image_size,
+                                             seed, first=start)
+    images[start:stop] = np.asarray(_downscale_uint8(chunk, size))
+  return images, labels
 
 
 # --- Training.
@@ -246,8 +268,8 @@ def _loss(model, params, x, labels):
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
 def _train_step(model, tx, params, opt_state, images, labels, noise_bank,
-                key):
-  x, labels = _augment(key, _to_unit_range(images), labels, noise_bank)
+                key, step):
+  x, labels = _augment(jax.random.fold_in(key, step), _to_unit_range(images), labels, noise_bank)
   loss, grads = jax.value_and_grad(
       lambda p: _loss(model, p, x, labels))(params)
   updates, opt_state = tx.update(grads, opt_state, params)
@@ -280,9 +302,9 @@ def _label_dict(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def train_classifier(image_size: int, seed: int = 0, num_train: int = 4000,
-                     num_heldout: int = 1000, steps: int = 600,
+                     num_heldout: int = 1000, steps: int = 400,
                      batch_size: int = 64,
-                     learning_rate: float = 2e-3) -> Classifier:
+                     learning_rate: float = 4e-3) -> Classifier:
   """Trains an attribute classifier on real images of the given size.
 
   Args:
@@ -299,17 +321,18 @@ def train_classifier(image_size: int, seed: int = 0, num_train: int = 4000,
   """
   start = time.time()
   size = working_size(image_size)
-  train_images, train_labels = render_split(
+  train_images, train_labels = _working_split(
       'classifier_train', num_train, image_size, seed)
-  heldout_images, heldout_labels = render_split(
+  heldout_images, heldout_labels = _working_split(
       'classifier_heldout', num_heldout, image_size, seed)
-  train_images = _working_images(train_images, size)
   rendered = time.time()
 
   model = AttributeNet()
   key = jax.random.key(seed)
   init_key, key = jax.random.split(key)
-  params = model.init(init_key, jnp.zeros((1, size, size, 3)))['params']
+  # Jitted, or every layer's initialiser compiles on its own (seconds).
+  params = jax.jit(model.init)(init_key, jnp.zeros((1, size, size, 3)))[
+      'params']
   tx = optax.adam(optax.warmup_cosine_decay_schedule(
       0.0, learning_rate, min(50, steps // 10 + 1), steps))
   opt_state = tx.init(params)
@@ -323,18 +346,16 @@ def train_classifier(image_size: int, seed: int = 0, num_train: int = 4000,
     batch, order = order[:batch_size], order[batch_size:]
     params, opt_state, loss = _train_step(
         model, tx, params, opt_state, train_images[batch],
-        train_labels[batch], noise_bank, jax.random.fold_in(key, step))
+        train_labels[batch], noise_bank, key, step)
   loss = float(loss)
 
-  classifier = Classifier(params, image_size, {}, model)
-  classifier.heldout_accuracy = accuracy_of(
-      classifier.predict(heldout_images), _label_dict(heldout_labels))
+  accuracy = accuracy_of(_predict_labels(model, params, heldout_images, size),
+                        _label_dict(heldout_labels))
   logging.info(
       'shapes classifier %dpx seed %d: rendered in %.1fs, trained in %.1fs, '
       'final loss %.3f, held-out accuracy %s', image_size, seed,
-      rendered - start, time.time() - rendered, loss,
-      classifier.heldout_accuracy)
-  return classifier
+      rendered - start, time.time() - rendered, loss, accuracy)
+  return Classifier(params, image_size, accuracy, model)
 
 
 # --- Judging generated images.
@@ -433,9 +454,3 @@ def load_or_train(cache_dir: str, image_size: int, seed: int = 0,
   save(classifier, path)
   return classifier
 
-
-def cached_path(cache_dir: str, image_size: int,
-                seed: int = 0) -> Optional[str]:
-  """The cache entry's path prefix if it exists, else None."""
-  path = _cache_path(cache_dir, image_size, seed)
-  return path if os.path.exists(path + '.json') else None
