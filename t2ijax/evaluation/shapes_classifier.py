@@ -1,4 +1,4 @@
-"""An attribute classifier that judges generated shapes images by their captions.
+"""An attribute classifier that judges generated shapes images by captions.
 
 A small CNN with one softmax head per attribute (shape, colour, size,
 position, background) is trained on freshly rendered real images of the
@@ -21,7 +21,7 @@ import json
 import os
 import time
 import zlib
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import flax.serialization
@@ -34,7 +34,7 @@ from absl import logging
 from t2ijax.data import shapes
 
 # Bump when the network, data or recipe changes, so stale caches are ignored.
-VERSION = 1
+VERSION = 2
 
 # Inputs are judged at this side at most (larger ones are downscaled).
 MAX_WORKING_SIZE = 64
@@ -59,8 +59,8 @@ _FLIPPED_POSITION = np.array(
 
 def working_size(image_size: int) -> int:
   """The side images are judged at: at most 64, and a multiple of 8."""
-  # A multiple of 8 lets the stem's 2x2 blocks and the strided convolutions
-  # tile the image exactly.
+  # A multiple of 8 lets the stem's blocks (2 or 4 pixels) and the strided
+  # convolutions tile the image exactly.
   return max(8, min(image_size, MAX_WORKING_SIZE) // 8 * 8)
 
 
@@ -72,22 +72,25 @@ def _space_to_depth(x: jax.Array, factor: int) -> jax.Array:
 
 
 class AttributeNet(nn.Module):
-  """A space-to-depth stem, strided convolutions, a dense layer, five heads.
+  """A patch stem, two strided convolutions, a dense layer, five heads.
 
-  The stem (2x2 pixel blocks through one dense layer) is a stride-2
-  convolution whose weight gradient is a plain matmul: on a CPU XLA's
-  convolution backward passes cost far more than the forward, and at full
-  resolution the stem's would be the dearest. The dense layer sees the last
-  map flattened, which keeps where things are (for position and size), and
-  pooled, which gives shape and background a translation-invariant view.
+  The stem cuts the image into stem_factor^2 pixel blocks and embeds each
+  with one dense layer: a strided convolution whose weight gradient is a
+  plain matmul. On a CPU XLA's convolution backward passes cost several times
+  their forward, and at the input's resolution they would dominate the step.
+  The dense layer sees the last map flattened, which keeps where things are
+  (for position and size), and pooled, which gives shape and background a
+  translation-invariant view.
   """
-  stem_width: int = 32
-  widths: Sequence[int] = (48, 64, 96)
+  stem_factor: int = 4
+  stem_width: int = 48
+  widths: Sequence[int] = (64, 96)
   hidden: int = 128
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-    x = nn.relu(nn.Dense(self.stem_width)(_space_to_depth(x, 2)))
+    x = nn.relu(nn.Dense(self.stem_width)(
+        _space_to_depth(x, self.stem_factor)))
     for width in self.widths:
       x = nn.relu(nn.Conv(width, (3, 3), strides=2)(x))
     features = jnp.concatenate(
@@ -98,6 +101,13 @@ class AttributeNet(nn.Module):
             for name, n in NUM_VALUES.items()}
 
 
+def model_for(image_size: int) -> AttributeNet:
+  """The net for images of this size: its stem leaves a map of ~16x16."""
+  # Smaller inputs get smaller blocks, so that a small shape at 32 pixels
+  # (about 8 across) still spans several of them.
+  return AttributeNet(stem_factor=4 if working_size(image_size) >= 64 else 2)
+
+
 def _to_unit_range(images) -> jax.Array:
   """uint8 -> [-1, 1]; floats are taken to be in [-1, 1] already."""
   if images.dtype == jnp.uint8:
@@ -106,7 +116,7 @@ def _to_unit_range(images) -> jax.Array:
 
 
 def _downscale(x: jax.Array, size: int) -> jax.Array:
-  """Antialiased resize of (N, H, W, C) to (N, size, size, C); no-op if equal."""
+  """Antialiased resize of (N, H, W, C) to (N, size, size, C), if needed."""
   if x.shape[1] == size and x.shape[2] == size:
     return x
   return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), 'linear',
@@ -142,11 +152,14 @@ def _predict_labels(model: AttributeNet, params, images: np.ndarray,
 
 @dataclasses.dataclass
 class Classifier:
-  """Trained parameters plus what is needed to apply and judge them."""
+  """Trained parameters, the image size they judge, their real accuracy."""
   params: dict
   image_size: int
   heldout_accuracy: dict[str, float]
-  model: AttributeNet = dataclasses.field(default_factory=AttributeNet)
+
+  @property
+  def model(self) -> AttributeNet:
+    return model_for(self.image_size)
 
   def predict(self, images) -> dict[str, np.ndarray]:
     """Predicted labels of (N, image_size, image_size, 3) images.
@@ -236,26 +249,38 @@ def _working_split(split: str, num: int, image_size: int,
 # --- Training.
 
 
-def _augment(key: jax.Array, x: jax.Array, labels: jax.Array,
+def _draw_augmentation(rng: np.random.Generator,
+                       n: int) -> dict[str, np.ndarray]:
+  """Per-image augmentation parameters, drawn on the host.
+
+  Threefry inside the jitted step would add seconds of XLA compile time on a
+  CPU for a few hundred random numbers per step.
+  """
+  return {
+      'flip': rng.random(n) < 0.5,
+      'gain': rng.uniform(0.9, 1.1, (n, 1, 1, 1)).astype(np.float32),
+      'bias': rng.uniform(-0.05, 0.05, (n, 1, 1, 1)).astype(np.float32),
+      'noise_std': rng.uniform(0.0, 0.08, (n, 1, 1, 1)).astype(np.float32),
+      'noise_index': rng.integers(_NOISE_BANK, size=n),
+  }
+
+
+def _augment(x: jax.Array, labels: jax.Array, aug: Mapping[str, jax.Array],
              noise_bank: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Mirror (swapping left/right), slight brightness/contrast, pixel noise.
 
   Kept light: colours stay far from each other and the shape where it is;
   the noise makes the judge less brittle on generators' grainy samples.
   """
-  n = x.shape[0]
-  k_flip, k_gain, k_bias, k_std, k_noise = jax.random.split(key, 5)
-  flip = jax.random.bernoulli(k_flip, 0.5, (n,))
+  flip = aug['flip']
   x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
   position = ATTRIBUTE_NAMES.index('position')
   flipped = jnp.asarray(_FLIPPED_POSITION)[labels[:, position]]
   labels = labels.at[:, position].set(
       jnp.where(flip, flipped, labels[:, position]))
-  gain = jax.random.uniform(k_gain, (n, 1, 1, 1), minval=0.9, maxval=1.1)
-  bias = jax.random.uniform(k_bias, (n, 1, 1, 1), minval=-0.05, maxval=0.05)
-  std = jax.random.uniform(k_std, (n, 1, 1, 1), maxval=0.08)
-  noise = noise_bank[jax.random.randint(k_noise, (n,), 0, len(noise_bank))]
-  return jnp.clip(x * gain + bias + std * noise, -1.0, 1.0), labels
+  noise = noise_bank[aug['noise_index']]
+  x = x * aug['gain'] + aug['bias'] + aug['noise_std'] * noise
+  return jnp.clip(x, -1.0, 1.0), labels
 
 
 def _loss(model, params, x, labels):
@@ -266,10 +291,34 @@ def _loss(model, params, x, labels):
              for i, name in enumerate(ATTRIBUTE_NAMES))
 
 
+def _param_shapes(model: AttributeNet, size: int):
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        jnp.zeros((1, size, size, 3)))['params']
+
+
+def init_params(model: AttributeNet, size: int, seed: int):
+  """LeCun-normal kernels and zero biases, drawn with numpy.
+
+  XLA on a CPU takes seconds to compile flax's random initialisers (longer
+  than training a few hundred steps of this net); numpy draws the same
+  distribution at once.
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if path[-1].key == 'bias':
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(
+        leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, _param_shapes(model, size))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
-def _train_step(model, tx, params, opt_state, images, labels, noise_bank,
-                key, step):
-  x, labels = _augment(jax.random.fold_in(key, step), _to_unit_range(images), labels, noise_bank)
+def _train_step(model, tx, params, opt_state, images, labels, aug,
+                noise_bank):
+  x, labels = _augment(_to_unit_range(images), labels, aug, noise_bank)
   loss, grads = jax.value_and_grad(
       lambda p: _loss(model, p, x, labels))(params)
   updates, opt_state = tx.update(grads, opt_state, params)
@@ -304,7 +353,7 @@ def _label_dict(labels: np.ndarray) -> dict[str, np.ndarray]:
 def train_classifier(image_size: int, seed: int = 0, num_train: int = 4000,
                      num_heldout: int = 1000, steps: int = 400,
                      batch_size: int = 64,
-                     learning_rate: float = 4e-3) -> Classifier:
+                     learning_rate: float = 6e-3) -> Classifier:
   """Trains an attribute classifier on real images of the given size.
 
   Args:
@@ -327,26 +376,22 @@ def train_classifier(image_size: int, seed: int = 0, num_train: int = 4000,
       'classifier_heldout', num_heldout, image_size, seed)
   rendered = time.time()
 
-  model = AttributeNet()
-  key = jax.random.key(seed)
-  init_key, key = jax.random.split(key)
-  # Jitted, or every layer's initialiser compiles on its own (seconds).
-  params = jax.jit(model.init)(init_key, jnp.zeros((1, size, size, 3)))[
-      'params']
+  model = model_for(image_size)
+  params = init_params(model, size, seed)
   tx = optax.adam(optax.warmup_cosine_decay_schedule(
       0.0, learning_rate, min(50, steps // 10 + 1), steps))
-  opt_state = tx.init(params)
-  order_rng = np.random.default_rng(seed)
-  noise_bank = jnp.asarray(order_rng.standard_normal(
+  opt_state = jax.jit(tx.init)(params)  # one compile, not one per leaf
+  rng = np.random.default_rng(seed)
+  noise_bank = jnp.asarray(rng.standard_normal(
       (_NOISE_BANK, size, size, 3), np.float32))
   order = np.empty((0,), np.int64)
   for step in range(steps):
     if len(order) < batch_size:  # epochs without replacement
-      order = np.concatenate([order, order_rng.permutation(num_train)])
+      order = np.concatenate([order, rng.permutation(num_train)])
     batch, order = order[:batch_size], order[batch_size:]
     params, opt_state, loss = _train_step(
         model, tx, params, opt_state, train_images[batch],
-        train_labels[batch], noise_bank, key, step)
+        train_labels[batch], _draw_augmentation(rng, batch_size), noise_bank)
   loss = float(loss)
 
   accuracy = accuracy_of(_predict_labels(model, params, heldout_images, size),
@@ -355,7 +400,7 @@ def train_classifier(image_size: int, seed: int = 0, num_train: int = 4000,
       'shapes classifier %dpx seed %d: rendered in %.1fs, trained in %.1fs, '
       'final loss %.3f, held-out accuracy %s', image_size, seed,
       rendered - start, time.time() - rendered, loss, accuracy)
-  return Classifier(params, image_size, accuracy, model)
+  return Classifier(params, image_size, accuracy)
 
 
 # --- Judging generated images.
@@ -395,9 +440,13 @@ def chance_levels() -> dict[str, float]:
 # --- The cache.
 
 
-def _cache_path(cache_dir: str, image_size: int, seed: int) -> str:
-  return os.path.join(cache_dir, f'shapes_classifier_v{VERSION}_'
-                                 f'{image_size}px_seed{seed}')
+def cache_path(cache_dir: str, image_size: int, seed: int = 0,
+               **train_kwargs) -> str:
+  """Path prefix of a cache entry; training arguments given join the key."""
+  name = f'shapes_classifier_v{VERSION}_{image_size}px_seed{seed}'
+  for key, value in sorted(train_kwargs.items()):
+    name += f'_{key}{value}'
+  return os.path.join(cache_dir, name)
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -420,17 +469,15 @@ def save(classifier: Classifier, path: str) -> None:
 
 
 def load(path: str) -> Classifier:
+  """Reads what save wrote; the parameters must fit the current network."""
   with open(path + '.json') as f:
     meta = json.load(f)
-  model = AttributeNet()
-  size = working_size(meta['image_size'])
-  template = jax.eval_shape(
-      model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))['params']
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  size = meta['image_size']
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                          _param_shapes(model_for(size), working_size(size)))
   with open(path + '.msgpack', 'rb') as f:
     params = flax.serialization.from_bytes(template, f.read())
-  return Classifier(params, meta['image_size'], meta['heldout_accuracy'],
-                    model)
+  return Classifier(params, meta['image_size'], meta['heldout_accuracy'])
 
 
 def load_or_train(cache_dir: str, image_size: int, seed: int = 0,
@@ -441,13 +488,13 @@ def load_or_train(cache_dir: str, image_size: int, seed: int = 0,
     cache_dir: folder holding cached classifiers (created if needed).
     image_size: side of the images to judge.
     seed: training seed.
-    **train_kwargs: passed to train_classifier when it has to train. They are
-      not part of the cache key: use them only with a cache_dir of their own.
+    **train_kwargs: passed to train_classifier when it has to train; they are
+      part of the cache key too.
 
   Returns:
     The Classifier.
   """
-  path = _cache_path(cache_dir, image_size, seed)
+  path = cache_path(cache_dir, image_size, seed, **train_kwargs)
   if os.path.exists(path + '.json') and os.path.exists(path + '.msgpack'):
     return load(path)
   classifier = train_classifier(image_size, seed, **train_kwargs)
