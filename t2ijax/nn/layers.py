@@ -16,7 +16,6 @@ replaced by what the layer is (the converter maps one onto the other):
   ConditioningAugmentation `fc`                 -> fc
 """
 
-import math
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from t2ijax.nn import spectral_norm
+from t2ijax.nn.torch_compat import conv_nhwc, torch_bias_init  # noqa: F401  (re-exported)
 
 # torch BatchNorm{1,2}d(eps=1e-5, momentum=0.1): flax weights the old value.
 BN_MOMENTUM = 0.9
@@ -50,16 +50,6 @@ def bn_scale_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
-def torch_bias_init(fan_in: int) -> Initializer:
-  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch's default Conv/Linear bias."""
-  limit = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -limit, limit)
-
-  return init
-
-
 def glu(x: jax.Array, axis: int = -1) -> jax.Array:
   """Gated linear unit: first half of `axis` times sigmoid of the second."""
   if x.shape[axis] % 2:
@@ -71,15 +61,6 @@ def glu(x: jax.Array, axis: int = -1) -> jax.Array:
 def upsample_nearest_2x(x: jax.Array) -> jax.Array:
   """nn.Upsample(scale_factor=2, mode='nearest') on NHWC: repeat each pixel."""
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def conv_nhwc(x: jax.Array, kernel: jax.Array, strides: int,
-              padding: int) -> jax.Array:
-  """Cross-correlation of NHWC x with an HWIO kernel, torch-style padding."""
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(strides, strides),
-      padding=((padding, padding), (padding, padding)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 def batch_norm(train: bool, *, name: str,

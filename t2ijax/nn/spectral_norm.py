@@ -32,12 +32,13 @@ Converting a torch `SpectralNorm(Conv2d)`: `module.weight_bar` (O, I, kh, kw)
 spectral `u`. `module.weight_v` is not needed (overwritten before use).
 """
 
-import math
 from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from t2ijax.nn import torch_compat
 
 SPECTRAL_COLLECTION = 'spectral'
 # Added to the norm (not its square), as in the official l2normalize.
@@ -129,13 +130,10 @@ class SpectralConv2d(nn.Module):
         'kernel', self.kernel_init,
         (self.kernel_size, self.kernel_size, in_features, self.features))
     kernel = normalize_kernel(self, kernel, self.eps)
-    y = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(self.strides,) * 2,
-        padding=((self.padding, self.padding),) * 2,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = torch_compat.conv_nhwc(x, kernel, self.strides, self.padding)
     if self.use_bias:
       fan_in = in_features * self.kernel_size**2
-      y = y + self.param('bias', self.bias_init or _torch_bias_init(fan_in),
+      y = y + self.param('bias', self.bias_init or torch_compat.torch_bias_init(fan_in),
                          (self.features,))
     return y
 
@@ -165,15 +163,6 @@ class SpectralDense(nn.Module):
                         (in_features, self.features))
     y = x @ normalize_kernel(self, kernel, self.eps)
     if self.use_bias:
-      bias_init = self.bias_init or _torch_bias_init(in_features)
+      bias_init = self.bias_init or torch_compat.torch_bias_init(in_features)
       y = y + self.param('bias', bias_init, (self.features,))
     return y
-
-
-def _torch_bias_init(fan_in: int) -> Initializer:
-  limit = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -limit, limit)
-
-  return init

@@ -1,0 +1,28 @@
+"""PyTorch conventions the ported layers share: default bias init, conv padding."""
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch's default Conv/Linear bias."""
+  limit = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+  return init
+
+
+def conv_nhwc(x: jax.Array, kernel: jax.Array, strides: int,
+              padding: int) -> jax.Array:
+  """Cross-correlation of NHWC x with an HWIO kernel, torch-style padding."""
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(strides, strides),
+      padding=((padding, padding), (padding, padding)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
