@@ -10,7 +10,6 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 
 from t2ijax import checkpoint as ckpt_lib
 from t2ijax import errors
@@ -82,6 +81,3 @@ def finished(workdir: str) -> bool:
       checkpoints) else []
   return bool(steps) and max(steps) >= num_steps
 
-
-def as_numpy(tree):
-  return jax.tree.map(np.asarray, tree)
