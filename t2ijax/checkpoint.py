@@ -22,6 +22,8 @@ ITEMS = ("state", "data", "config")
 
 
 def checkpoint_dir(workdir: str) -> str:
+  if "://" in workdir:   # e.g. gs://bucket/run: shared storage Orbax writes to directly
+    return workdir.rstrip("/") + "/checkpoints"
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 

@@ -1,8 +1,10 @@
 """Device mesh and sharding from the config.
 
-Batch axis on `data`; parameters and optimizer state replicated. Meshes are built
-with Auto axis types and entered with `jax.set_mesh` (see DESIGN.md: Explicit axes
-and the old `with mesh:` both break flax logical constraints).
+Batch axis on `data`; the train state is laid out by `config.sharding`
+(t2ijax/sharding_rules.py: replicated by default, FSDP or a 'model' axis on
+request). Meshes are built with Auto axis types and entered with `jax.set_mesh`
+(see DESIGN.md: Explicit axes and the old `with mesh:` both break flax logical
+constraints).
 """
 
 import math
@@ -13,6 +15,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from t2ijax import errors
+from t2ijax import sharding_rules
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -64,9 +67,36 @@ def check_batch_size(global_batch: int, mesh) -> None:
         f"size {n} and the process count {jax.process_count()}")
 
 
-def state_shardings(abstract_state: Any, mesh) -> Any:
-  """Replicates every leaf of the train state (FSDP rules plug in here)."""
-  return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+def state_shardings(abstract_state: Any, mesh, sharding_config=None) -> Any:
+  """NamedShardings of the train state's leaves under `config.sharding` (None:
+  replicated everywhere); `sharding_rules.plan` also gives the memory summary."""
+  return sharding_rules.plan(abstract_state, mesh, sharding_config).shardings
+
+
+def check_process_rows(global_batch: int, mesh) -> None:
+  """Each process must hold rows [i * B / n, (i + 1) * B / n) of a global batch,
+  the rows the input pipeline loads for it (pipeline.local_rows)."""
+  n, i = jax.process_count(), jax.process_index()
+  if n == 1:
+    return
+  sharding = batch_sharding(mesh)
+  indices = sharding.addressable_devices_indices_map((global_batch,))
+  starts = sorted({(idx[0].start or 0) for idx in indices.values()})
+  stops = sorted({(global_batch if idx[0].stop is None else idx[0].stop)
+                  for idx in indices.values()})
+  per = global_batch // n
+  if starts[0] != i * per or stops[-1] != (i + 1) * per:
+    raise errors.ConfigError(
+        f"process {i} holds rows {starts[0]}..{stops[-1]} of the global batch of "
+        f"{global_batch} on mesh {dict(mesh.shape)}, but loads rows {i * per}.."
+        f"{(i + 1) * per}: the mesh's 'data' axis must be laid out process by process. "
+        "Put 'data' first in mesh.axes and make its size a multiple of the process count")
+
+
+def replicate(tree: Any, mesh) -> Any:
+  """The same arrays, replicated on every device, so that every process can read
+  them (`jax.device_get` needs addressable data). All processes must call it."""
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:

@@ -8,6 +8,7 @@ METHODS = {
     "damsm": "t2ijax.trainers.damsm:DamsmMethod",
     "attngan": "t2ijax.trainers.attngan:AttnGan",
     "dmgan": "t2ijax.trainers.attngan:DmGan",
+    "dfgan": "t2ijax.trainers.dfgan:DfGan",
 }
 
 

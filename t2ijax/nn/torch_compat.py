@@ -26,3 +26,13 @@ def conv_nhwc(x: jax.Array, kernel: jax.Array, strides: int,
       x, kernel, window_strides=(strides, strides),
       padding=((padding, padding), (padding, padding)),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def torch_kernel_init() -> Initializer:
+  """torch's default Conv/Linear weight init (kaiming_uniform, a=sqrt(5)).
+
+  That is U(+-1/sqrt(fan_in)): variance 1/(3 fan_in). Flax kernels are
+  (..., in, out), so fan_in is the product of all but the last axis, as
+  variance_scaling computes it.
+  """
+  return jax.nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')

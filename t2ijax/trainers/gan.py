@@ -234,10 +234,14 @@ class TextToImageGan(method_lib.Method):
     return state.replace(step=state.step + 1, nets=nets), metrics
 
   # ---- evaluation: images from test captions, judged by the DAMSM (and shapes) ----
+  def sample_noise(self, key, shape):
+    """G's noise for evaluation and --mode=sample (a family may truncate it)."""
+    return jax.random.normal(key, shape)
+
   def _sample(self, state, batch, key):
     words, sentence, mask = self.encode_text(state, batch["caption"], batch["caption_len"])
     k_z, k_ca = jax.random.split(key)
-    z = jax.random.normal(k_z, (sentence.shape[0], self.config.model.z_dim))
+    z = self.sample_noise(k_z, (sentence.shape[0], self.config.model.z_dim))
     g = state.nets["G"]
     out, _ = self.generate(g, g.ema_params, z, sentence, words, mask, k_ca, train=False)
     return out["images"], sentence
@@ -253,17 +257,29 @@ class TextToImageGan(method_lib.Method):
     enc = d.image_encoder.apply(state.nets["image_encoder"].variables(), final, train=False)
     top1 = damsm_loss.retrieval_top1(enc["global"], sentence)
     out = {"damsm_image_to_text_top1": top1["image_to_text"],
-           "images": jnp.clip((images[-1] + 1.0) * 127.5, 0, 255).astype(jnp.uint8)}
+           "images": jnp.clip((images[-1] + 1.0) * 127.5, 0, 255).astype(jnp.uint8),
+           # For R-precision (t2ijax/evaluation/r_precision.py) on the host.
+           "damsm_image": enc["global"], "sentence": sentence,
+           "class_id": batch["class_id"]}
     if "attributes" in batch:
       out["attributes"] = batch["attributes"]
     return out
 
   def summarize_eval(self, outputs):
+    from t2ijax.evaluation import suite
     result = {"damsm_image_to_text_top1": float(np.mean(
         [o["damsm_image_to_text_top1"] for o in outputs])),
               "damsm_chance_top1": 1.0 / self.config.eval.batch_size}
     if "attributes" in outputs[0] and self.config.eval.shapes_classifier:
       result.update(self._shapes_agreement(outputs))
+    # eval.num_images is reached in whole batches; the metrics see exactly it.
+    num = self.config.eval.get("num_images", -1)
+    num = num if num > 0 else None
+    joined = {k: np.concatenate([o[k] for o in outputs])[:num]
+              for k in ("images", "damsm_image", "sentence", "class_id")}
+    result.update(suite.generated_image_metrics(
+        self.config.eval, joined["images"], image_features=joined["damsm_image"],
+        text_features=joined["sentence"], class_ids=joined["class_id"]))
     return result
 
   def _shapes_agreement(self, outputs):

@@ -2,6 +2,11 @@
 
     train_and_evaluate(config, workdir)   # resumes from the latest checkpoint
     evaluate(config, workdir)             # the latest checkpoint on the eval split
+    compile_train_step(config, workdir)   # AOT: FLOPs and memory per device, no training
+
+Multi-process runs (t2ijax/distributed.py) go through the same code: every process
+runs every line, loads its own rows of each batch, and writes the same checkpoint;
+only process 0 writes config files, metrics, eval summaries and images.
 
 One linear loop in banner sections, as the big_vision and Flax examples read.
 """
@@ -17,10 +22,11 @@ from absl import logging
 from clu import periodic_actions
 
 from t2ijax import checkpoint as ckpt_lib
+from t2ijax import distributed
 from t2ijax import errors
-from t2ijax import images as images_lib
 from t2ijax import parallel
 from t2ijax import registry
+from t2ijax import sharding_rules
 from t2ijax import writers
 from t2ijax.data import pipeline
 from t2ijax.data import prepare as prepare_lib
@@ -28,13 +34,32 @@ from t2ijax.trainers import state as state_lib
 
 
 class _Preemption:
-  """Turns SIGTERM into 'save at the next step boundary, then stop'."""
+  """Turns SIGTERM into 'save at the next step boundary, then stop'.
+
+  With several processes, jax's preemption service (started by
+  jax.distributed.initialize) catches SIGTERM on any process and agrees on one
+  step at which all of them stop; a handler of our own would hide the signal
+  from it, so none is installed then.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multi = jax.process_count() > 1
+
+  def check(self, step: int) -> bool:
+    if self._multi and not self.requested:
+      from jax.experimental import multihost_utils
+      try:
+        self.requested = multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:   # the preemption service is turned off
+        self._multi = False
+    return self.requested
 
   def __enter__(self):
+    if self._multi:
+      return self
+
     def handler(signum, frame):
       del signum, frame
       logging.warning("SIGTERM: saving a checkpoint at the next step, then stopping")
@@ -52,11 +77,9 @@ class _Preemption:
 
 def open_data(config):
   """Prepares the data on process 0 first (others wait), then opens it everywhere."""
-  from jax.experimental import multihost_utils
   if jax.process_index() == 0:
     prepared = prepare_lib.prepare(config.data)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("t2ijax data prepared")
+  distributed.barrier("data_prepared")
   if jax.process_index() != 0:
     prepared = prepare_lib.prepare(config.data)   # a no-op on shared storage
   return prepared
@@ -91,13 +114,23 @@ def data_iterator(config, loader, batch_size: int, start_step: int, num_steps: i
 
 
 def write_config(config, workdir: str, vocab) -> None:
-  """The resolved config and the vocabulary, beside the checkpoints."""
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, "vocab.json"), "w") as f:
-      f.write(vocab.to_json())
+  """The resolved config and the vocabulary, beside the checkpoints (process 0)."""
+  writers.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  writers.write_text(os.path.join(workdir, "vocab.json"), vocab.to_json())
+
+
+def _check_precision(config, method_class) -> None:
+  """config.precision.compute_dtype: a known dtype the method can compute in."""
+  dtype = config.precision.compute_dtype if "precision" in config else "float32"
+  if dtype not in ("float32", "bfloat16"):
+    raise errors.ConfigError(
+        f"precision.compute_dtype={dtype!r} is not 'float32' or 'bfloat16'")
+  supported = getattr(method_class, "compute_dtypes", ("float32",))
+  if dtype not in supported:
+    raise errors.ConfigError(
+        f"precision.compute_dtype={dtype!r} is not implemented for method "
+        f"{config.method!r} (it computes in {', '.join(supported)}); "
+        "use --config.precision.compute_dtype=float32")
 
 
 class Setup:
@@ -108,6 +141,8 @@ class Setup:
     method_class = registry.method_class(config.method)
     self.mesh = parallel.make_mesh(config.mesh, devices)
     parallel.check_batch_size(config.train.batch_size, self.mesh)
+    parallel.check_process_rows(config.train.batch_size, self.mesh)
+    _check_precision(config, method_class)
     self.prepared = open_data(config)
     if hasattr(method_class, "prepare_run"):   # e.g. a GAN's DAMSM dependency
       method_class.prepare_run(config, workdir)
@@ -116,7 +151,11 @@ class Setup:
         config, self.prepared.vocab, len(self.prepared.class_ids[config.data.train_split]))
     self.rng = jax.random.key(config.seed)
     self.abstract_state = jax.eval_shape(self.method.init_state, self.rng)
-    self.state_shardings = parallel.state_shardings(self.abstract_state, self.mesh)
+    self.sharding_plan = sharding_rules.plan(self.abstract_state, self.mesh,
+                                             config.get("sharding"))
+    self.state_shardings = self.sharding_plan.shardings
+    if jax.process_index() == 0:
+      logging.info("%s", self.sharding_plan.summary())
     self.checkpointer = ckpt_lib.Checkpointer(
         workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async)
 
@@ -142,6 +181,17 @@ class Setup:
     ckpt_lib.config_differences(saved, self.config)
     logging.info("resumed from step %d in %s", position["next_step"], self.checkpointer.directory)
     return state, int(position["next_step"])
+
+
+def compile_synchronised(jitted, *args, name: str):
+  """jitted.lower(*args).compile(), then a barrier across processes.
+
+  Processes finish compiling at different times (cache hits, loaded machines);
+  the barrier lets the program's first collective start on all of them together.
+  """
+  compiled = jitted.lower(*args).compile()
+  distributed.barrier(name)
+  return compiled
 
 
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -170,10 +220,13 @@ def _save(setup: Setup, state, step: int, finite_fn) -> None:
 
 
 def _sample(setup: Setup, state, batch, step: int, writer) -> None:
+  if jax.process_count() > 1:
+    # sample_grid reads arrays back to the host: give every process all of them.
+    state, batch = parallel.replicate((state, batch), setup.mesh)
   picture = setup.method.sample_grid(state, batch)
   if picture is None or jax.process_index() != 0:
     return
-  path = images_lib.save_png(
+  path = writers.save_png(
       os.path.join(setup.workdir, "samples", f"step_{step:07d}.png"), picture)
   writer.write_images(step, {"samples": picture[None]})
   logging.info("sample grid: %s", path)
@@ -186,25 +239,36 @@ def run_eval(setup: Setup, state, step: int, writer) -> dict[str, float]:
   loader = make_loader(cfg, setup.prepared, split, shuffle=True, seed_offset=1)
   batch_size = cfg.eval.batch_size
   num = loader.size // batch_size
-  if cfg.eval.num_batches > 0:
+  if cfg.eval.get("num_images", -1) > 0:
+    # A number of images (30000 in the papers): several passes over the split,
+    # each example with another random caption.
+    num = -(-cfg.eval.num_images // batch_size)
+  elif cfg.eval.num_batches > 0:
     num = min(num, cfg.eval.num_batches)
   if num == 0:
     raise errors.ConfigError(
         f"eval.batch_size={batch_size} exceeds the {loader.size} examples of split {split!r}")
   parallel.check_batch_size(batch_size, setup.mesh)
+  # Several processes: outputs replicated, so each process can read them back.
   eval_fn = jax.jit(setup.method.eval_step,
-                    in_shardings=(setup.state_shardings, parallel.batch_sharding(setup.mesh)))
+                    in_shardings=(setup.state_shardings, parallel.batch_sharding(setup.mesh)),
+                    out_shardings=(parallel.replicated(setup.mesh)
+                                   if jax.process_count() > 1 else None))
   outputs = []
   with jax.set_mesh(setup.mesh):
-    for local in data_iterator(cfg, loader, batch_size, 0, num):
-      out = eval_fn(state, parallel.global_batch(local, setup.mesh))
+    for i, local in enumerate(data_iterator(cfg, loader, batch_size, 0, num)):
+      batch = parallel.global_batch(local, setup.mesh)
+      if i == 0:
+        eval_fn = compile_synchronised(eval_fn, state, batch, name="eval_step")
+      out = eval_fn(state, batch)
       outputs.append(jax.device_get(out))
   metrics = {f"eval/{k}": v for k, v in setup.method.summarize_eval(outputs).items()}
-  writer.write_scalars(step, metrics)
-  if jax.process_index() == 0:
-    with open(os.path.join(setup.workdir, f"eval_step{step}.json"), "w") as f:
-      json.dump({"step": step, "split": split, "num_examples": num * batch_size, **metrics},
-                f, indent=2)
+  # Strings (e.g. why a metric was skipped) go to the JSON and the log only.
+  writer.write_scalars(step, {k: v for k, v in metrics.items() if not isinstance(v, str)})
+  writers.write_text(
+      os.path.join(setup.workdir, f"eval_step{step}.json"),
+      json.dumps({"step": step, "split": split, "num_examples": num * batch_size, **metrics},
+                 indent=2))
   logging.info("eval at step %d: %s", step, metrics)
   return metrics
 
@@ -219,7 +283,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
 
   # ---- jitted functions, explicit shardings, donated state ----
   train_step = setup.jit_train_step()
-  finite_fn = jax.jit(lambda s: state_lib.all_finite(s.nets))
+  finite_fn = jax.jit(lambda s: state_lib.all_finite(s.nets),
+                      out_shardings=parallel.replicated(setup.mesh))
 
   # ---- data: a pure function of the step, so resuming needs only the step ----
   batches = setup.train_batches(start_step, max(num_steps - start_step, 0))
@@ -238,6 +303,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
       batch = parallel.global_batch(local, setup.mesh)
       if sample_batch is None:
         sample_batch = batch
+        train_step = compile_synchronised(train_step, state, batch, name="train_step")
       state, step_metrics = train_step(state, batch)
       history.append(step_metrics)
       report(step)
@@ -249,7 +315,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, Any]:
       if config.log.sample_every_steps > 0 and (
           step % config.log.sample_every_steps == 0 or step == num_steps):
         _sample(setup, state, sample_batch, step, writer)
-      if preemption.requested or step % config.checkpoint.every_steps == 0 or step == num_steps:
+      if preemption.check(step) or step % config.checkpoint.every_steps == 0 or step == num_steps:
         _save(setup, state, step, finite_fn)
       if preemption.requested:
         setup.checkpointer.close()
@@ -287,3 +353,67 @@ def restore_state(config, workdir: str, devices=None):
   state, step = setup.init_or_restore()
   return setup, state, step
 
+
+def abstract_batch(setup: Setup, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes, dtypes and shardings of a global train batch, without loading one."""
+  cfg = setup.config
+  loader = make_loader(cfg, setup.prepared, cfg.data.train_split, shuffle=False)
+  sharding = parallel.batch_sharding(setup.mesh)
+  return {k: jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
+          for k, (shape, dtype) in loader.signature().items()}
+
+
+def compile_train_step(config, workdir: str, devices=None) -> dict[str, Any]:
+  """Lowers and compiles the train step for config.mesh without running it.
+
+  Returns (and writes to <workdir>/compile_report.json) the compiled program's
+  FLOPs and memory per device, with the memory the sharding plan predicts for the
+  train state. Needs the data (for the vocabulary and batch shapes) and, for
+  GANs, the DAMSM, like training does; it initialises nothing on the devices.
+  """
+  setup = Setup(config, workdir, devices)
+  state = ckpt_lib.abstract_like(setup.abstract_state, setup.state_shardings)
+  batch = abstract_batch(setup, config.train.batch_size)
+  with jax.set_mesh(setup.mesh):
+    lowered = setup.jit_train_step().lower(state, batch)
+    compiled = lowered.compile()
+  report = {
+      "method": config.method,
+      "mesh": {k: int(v) for k, v in setup.mesh.shape.items()},
+      "num_devices": int(setup.mesh.size),
+      "num_processes": jax.process_count(),
+      "device_kind": setup.mesh.devices.flat[0].device_kind,
+      "platform": setup.mesh.devices.flat[0].platform,
+      "global_batch": int(config.train.batch_size),
+      "sharding_strategy": setup.sharding_plan.strategy,
+      "state_bytes_total": int(setup.sharding_plan.total_bytes),
+      "state_bytes_per_device": float(setup.sharding_plan.bytes_per_device),
+      **compiled_stats(compiled),
+  }
+  logging.info("compile report: %s", json.dumps(report, indent=2))
+  writers.write_text(os.path.join(workdir, "compile_report.json"), json.dumps(report, indent=2))
+  return report
+
+
+def compiled_stats(compiled) -> dict[str, Any]:
+  """FLOPs and memory per device of a compiled SPMD program (one device's share)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):   # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  out = {"flops_per_device": float(cost.get("flops", -1.0)),
+         "transcendentals_per_device": float(cost.get("transcendentals", -1.0)),
+         "bytes_accessed_per_device": float(cost.get("bytes accessed", -1.0))}
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    out["memory_per_device"] = {f: int(getattr(memory, f)) for f in fields
+                                if hasattr(memory, f)}
+    m = out["memory_per_device"]
+    # Arguments + outputs that do not alias a (donated) argument + scratch.
+    m["peak_estimate_bytes"] = (m.get("argument_size_in_bytes", 0)
+                                + m.get("output_size_in_bytes", 0)
+                                - m.get("alias_size_in_bytes", 0)
+                                + m.get("temp_size_in_bytes", 0))
+  return out

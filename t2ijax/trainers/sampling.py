@@ -60,7 +60,7 @@ def sample_command(config, workdir: str) -> dict:
   words, sentence, mask = jax.jit(method.encode_text)(state, jnp.asarray(ids), jnp.asarray(lengths))
   n, k = len(captions), s.num_noise
   key = jax.random.key(s.seed)
-  z = jax.random.normal(key, (n * k, config.model.z_dim))
+  z = method.sample_noise(key, (n * k, config.model.z_dim))
   rep = lambda x: jnp.repeat(x, k, axis=0)
   generate = jax.jit(lambda st, w, se, m, zz, kk: _generate(method, st, w, se, m, zz, kk))
   stages = generate(state, rep(words), rep(sentence), rep(mask), z, jax.random.fold_in(key, 1))
