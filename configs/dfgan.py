@@ -5,8 +5,15 @@ Variants (reference/stackgan_dfgan_family.md §6.1, the 2022 code):
         10 captions of at most 18 words, Adam G 1e-4 / D 4e-4 betas (0, 0.9),
         MA-GP k 2 p 6, sampling noise truncnorm(-2, 2) * 0.88, no EMA.
   coco  as cub with 5 captions per image, 300 epochs.
-  demo  the built-in shapes at 64 px with small widths: pretrains a small
-        DAMSM into <workdir>/damsm, then trains DF-GAN; minutes on a CPU.
+  demo  the built-in shapes at 64 px, ngf = ndf = 16, batch 16, 800 steps:
+        pretrains a small DAMSM into <workdir>/damsm, then trains DF-GAN
+        (~3 steps/s on a 2-core CPU; 13 min in all on a loaded one).
+        Measured shapes accuracy of generated images (real images: 0.98-1.0):
+        step 800: colour 0.71, size 0.55, shape 0.25, position 0.23;
+        step 2000 (--config.train.num_steps=2000): colour 0.97, size 0.76,
+        shape 0.28, position 0.21 (chance 0.17, 0.5, 0.2, 0.2). Position stays
+        at chance: the sentence reaches G only through spatially uniform
+        per-channel affines, and the 4x4 start comes from z alone.
 
   python -m t2ijax.main --config=configs/dfgan.py:demo --workdir=runs/dfgan_demo
   python -m t2ijax.main --config=configs/dfgan.py --workdir=runs/dfgan_cub \
