@@ -23,6 +23,8 @@ import jax
 from t2ijax import config_base, parallel
 from t2ijax.trainers import loop
 
+import shapes_setup  # bench/, the script's own folder
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "bench/out/gan_step.json", "JSON output path")
 flags.DEFINE_string("sizes", "64,256", "largest image size per measurement")
@@ -33,29 +35,9 @@ flags.DEFINE_integer("steps", 3, "timed steps after one warm-up step")
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def _data(c, data_dir, size):
-  c.data.source = "shapes"
-  c.data.data_dir = data_dir
-  c.data.captions_per_image = 10
-  c.data.max_words = 18
-  c.data.shapes.update(num_train=64, num_test=16, image_size=size)
-  c.data.num_parallel_calls = 2
-
-
-def pretrain_damsm(workdir, data_dir):
-  c = config_base.load_config_file(os.path.join(CONFIGS, "damsm.py"), "cub")
-  _data(c, data_dir, 299)
-  c.data.image_sizes = (299,)
-  c.model.backbone_trainable = True      # random Inception weights: no download
-  c.train.update(batch_size=2, num_steps=1)
-  c.eval.update(batch_size=2, num_batches=1)
-  c.log.sample_every_steps = -1
-  loop.train_and_evaluate(c, workdir)
-
-
 def time_method(method, size, damsm_dir, data_dir, workdir):
   c = config_base.load_config_file(os.path.join(CONFIGS, f"{method}.py"), "cub")
-  _data(c, data_dir, size)
+  shapes_setup.use_shapes(c, data_dir, size)
   c.data.image_sizes = tuple(s for s in (64, 128, 256) if s <= size)
   c.model.num_stages = len(c.data.image_sizes)
   c.damsm.workdir = damsm_dir
@@ -89,7 +71,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = os.path.join(tmp, "data")
     damsm_dir = os.path.join(tmp, "damsm")
-    pretrain_damsm(damsm_dir, data_dir)
+    shapes_setup.pretrain_damsm(damsm_dir, data_dir)
     for method in FLAGS.methods.split(","):
       for size in (int(s) for s in FLAGS.sizes.split(",")):
         r = time_method(method, size, damsm_dir, data_dir, os.path.join(tmp, f"{method}{size}"))

@@ -33,6 +33,8 @@ from t2ijax import config_base  # noqa: E402
 from t2ijax import parallel  # noqa: E402
 from t2ijax.trainers import loop  # noqa: E402
 
+import shapes_setup  # noqa: E402  (bench/, the script's own folder)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', 'bench/out/throughput.json', 'JSON output path')
 flags.DEFINE_string('methods', 'dmgan,attngan', 'methods to time')
@@ -66,31 +68,9 @@ def _peak(device_kind: str) -> float | None:
   return None
 
 
-def _data(c, data_dir, size):
-  c.data.source = 'shapes'
-  c.data.data_dir = data_dir
-  c.data.captions_per_image = 10
-  c.data.max_words = 18
-  c.data.shapes.update(num_train=64, num_test=16, image_size=size)
-  c.data.num_parallel_calls = 2
-
-
-def pretrain_damsm(workdir, data_dir):
-  """One step of a paper-size DAMSM, so the GANs have an encoder to load."""
-  c = config_base.load_config_file(os.path.join(CONFIGS, 'damsm.py'), 'cub')
-  _data(c, data_dir, 299)
-  c.data.image_sizes = (299,)
-  c.model.backbone_trainable = True      # random Inception weights: no download
-  c.train.update(batch_size=2, num_steps=1)
-  c.eval.update(batch_size=2, num_batches=1)
-  c.log.sample_every_steps = -1
-  c.mesh.shape = (1, 1)
-  loop.train_and_evaluate(c, workdir, jax.devices()[:1])
-
-
 def time_method(method, damsm_dir, data_dir, workdir):
   c = config_base.load_config_file(os.path.join(CONFIGS, f'{method}.py'), 'cub')
-  _data(c, data_dir, FLAGS.size)
+  shapes_setup.use_shapes(c, data_dir, FLAGS.size)
   c.data.image_sizes = tuple(s for s in (64, 128, 256) if s <= FLAGS.size)
   c.model.num_stages = len(c.data.image_sizes)
   c.damsm.workdir = damsm_dir
@@ -143,7 +123,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = os.path.join(tmp, 'data')
     damsm_dir = os.path.join(tmp, 'damsm')
-    pretrain_damsm(damsm_dir, data_dir)
+    shapes_setup.pretrain_damsm(damsm_dir, data_dir, jax.devices()[:1])
     for method in FLAGS.methods.split(','):
       r = time_method(method, damsm_dir, data_dir, os.path.join(tmp, method))
       print(json.dumps(r), flush=True)
