@@ -77,7 +77,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   ))
   c.precision = ml_collections.ConfigDict(dict(
       # float32 | bfloat16: the dtype networks compute in (parameters, optimizer
-      # states and losses stay float32). Methods that cannot honour it refuse it.
+      # states and losses stay float32; t2ijax/precision.py). AttnGAN and DM-GAN
+      # honour bfloat16; methods that cannot refuse it.
       compute_dtype="float32",
   ))
   c.train = ml_collections.ConfigDict(dict(

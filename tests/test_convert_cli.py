@@ -170,13 +170,17 @@ def _torch_images(official, config):
   z = np.asarray(jax.random.normal(key, (len(ids) * k, config.model.z_dim)))
   eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 1),
                                      (len(ids) * k, config.model.ncf)))
+  # As the official code: the batch sorted by length, longest first (the mask
+  # bug depends on the order); eps belongs to the sorted positions.
+  order = torch.from_numpy(np.argsort(-np.repeat(lengths.numpy(), k), kind='stable'))
+  unsort = torch.argsort(order)
   with torch.no_grad():
     words, sentence = official['text_encoder'](padded, lengths)
-    rep = lambda x: x.repeat_interleave(k, 0)
+    rep = lambda x: x.repeat_interleave(k, 0)[order]
     images, _, _, _ = official['netg'](
-        torch.from_numpy(z), rep(sentence), rep(words), rep(padded == 0),
+        torch.from_numpy(z)[order], rep(sentence), rep(words), rep(padded == 0),
         torch.from_numpy(eps))
-  return [x.numpy().transpose(0, 2, 3, 1) for x in images]
+  return [x[unsort].numpy().transpose(0, 2, 3, 1) for x in images]
 
 
 def test_sample_from_the_converted_workdir_matches_torch(
@@ -301,3 +305,64 @@ def test_workdir_without_image_encoder_refuses_eval(tmp_path):
   with pytest.raises(errors.ConfigError, match='configs/dmgan.py:cub'):
     converted_workdir.apply_settings(
         tiny_configs.load_config('dmgan', 'coco'), directory, 'sample')
+
+
+# --- DF-GAN: a state_epoch file becomes a workdir that samples torch's images ---
+
+DFGAN_OVERRIDES = {
+    'model.ngf': 4, 'model.ndf': 4, 'model.z_dim': 10, 'data.image_sizes': (64,),
+    'data.captions_per_image': 3, 'data.num_parallel_calls': 2,
+    'train.batch_size': 8, 'checkpoint.use_async': False,
+}
+
+
+def test_dfgan_state_epoch_file_samples_torch_images(official, data_dir, tmp_path):
+  from tests import torch_dfgan_reference as dfgan_ref  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  netg, netd, netc = (dfgan_ref.NetG(4, 10, NEF, 64), dfgan_ref.NetD(4, 64),
+                      dfgan_ref.NetC(4, NEF))
+  dfgan_ref.randomize(netg, netd, netc, seed=5)
+  src = tmp_path / 'state_epoch_100.pth'
+  torch.save({'model': {name: {f'module.{k}': v for k, v in net.state_dict().items()}
+                        for name, net in (('netG', netg), ('netD', netd), ('netC', netc))},
+              'epoch': 100}, src)
+  dst = str(tmp_path / 'dfgan_cub')
+  files = official['files']
+  code, output = _cli(
+      '--kind=dfgan_netG', f'--src={src}', f'--dst={dst}',
+      f'--text_encoder={files["text_encoder"]}',
+      f'--image_encoder={files["image_encoder"]}',
+      f'--captions={official["captions"]}', '--config=configs/dfgan.py:cub',
+      *tiny_configs.as_flags(DFGAN_OVERRIDES),
+      f'--config.data.manual_dir={official["data"].root}',
+      f'--config.data.data_dir={data_dir}')
+  assert code == 0, output
+  info = converted_workdir.read_info(dst)
+  assert info['generator'] == dict(ngf=4, z_dim=10, nef=NEF, image_size=64)
+  assert info['discriminator'] and 'model.official_mask_bug' not in info['settings']
+
+  config = tiny_configs.load_config('dfgan', 'cub')
+  tiny_configs.apply(config, DFGAN_OVERRIDES)
+  config.data.manual_dir, config.data.data_dir = official['data'].root, data_dir
+  config.sample.captions = '|'.join(CAPTIONS)
+  config.sample.num_noise = 1
+  result = t2ijax_main.run(config, dst, 'sample')
+  grid = np.asarray(Image.open(result['grid']))
+
+  # torch: the DAMSM sentence of each caption and the truncated noise drawn.
+  vocab = official['vocab']
+  ids = [vocab.encode(c)[:config.data.max_words] for c in CAPTIONS]
+  lengths = torch.tensor([len(x) for x in ids])
+  padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+  for row, x in enumerate(ids):
+    padded[row, :len(x)] = torch.from_numpy(x.astype(np.int64))
+  key = jax.random.key(config.sample.seed)
+  z = np.array(jax.random.truncated_normal(key, -2.0, 2.0, (len(ids), 10)) * 0.88)
+  with torch.no_grad():
+    _, sentence = official['text_encoder'](padded, lengths)
+    images = netg(torch.from_numpy(z), sentence).numpy().transpose(0, 2, 3, 1)
+  expected = gan.stage_grid(None, [images])
+  assert grid.shape == expected.shape
+  difference = np.abs(grid.astype(int) - expected.astype(int))
+  assert difference.max() <= 1 and np.mean(difference > 0) < 1e-3
+  assert np.std(expected) > 20

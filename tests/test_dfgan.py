@@ -77,27 +77,10 @@ def test_cub_networks_have_the_official_names_shapes_and_counts():
   assert logits.shape == (2,)
 
 
-def _randomize(*modules, seed=0):
-  """Every parameter random (not the zero/identity init), of sane scale."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for module in modules:
-      for name, p in module.named_parameters():
-        if p.ndim >= 2:
-          fan_in = p[0].numel()
-          p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(fan_in))
-        else:
-          p.copy_(0.2 * torch.randn(p.shape, generator=gen))
-        if name.endswith('fc_gamma.linear2.bias'):
-          p.add_(1.0)
-        if name.endswith('gamma') and p.numel() == 1:
-          p.fill_(0.7)
-
-
 def _tiny_nets(nf=4, size=64, z_dim=10, nef=12, seed=0, logit_scale=1.0):
   torch.manual_seed(seed)
   netG, netD, netC = ref.NetG(nf, z_dim, nef, size), ref.NetD(nf, size), ref.NetC(nf, nef)
-  _randomize(netG, netD, netC, seed=seed)
+  ref.randomize(netG, netD, netC, seed=seed)
   with torch.no_grad():
     netC.joint_conv[2].weight.mul_(logit_scale)
   g_params = ref.to_flax(netG.state_dict())

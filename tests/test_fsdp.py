@@ -186,7 +186,7 @@ def test_fsdp_and_model_axis_match_a_single_device(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize('dtype, message', [
-    ('bfloat16', 'not implemented for method'),   # no method computes in bf16 yet
+    ('bfloat16', 'not implemented for method'),   # DAMSM pretraining is float32 only
     ('float16', "is not 'float32' or 'bfloat16'"),
 ])
 def test_compute_dtype_switch_refuses_what_is_not_there(data_dir, tmp_path, dtype, message):

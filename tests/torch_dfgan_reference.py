@@ -181,6 +181,23 @@ def optimizers(netG, netD, netC):
   return opt_g, opt_d
 
 
+def randomize(*modules, seed=0):
+  """Every parameter random (not the zero/identity init), of sane scale."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for module in modules:
+      for name, p in module.named_parameters():
+        if p.ndim >= 2:
+          fan_in = p[0].numel()
+          p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(fan_in))
+        else:
+          p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+        if name.endswith('fc_gamma.linear2.bias'):
+          p.add_(1.0)
+        if name.endswith('gamma') and p.numel() == 1:
+          p.fill_(0.7)
+
+
 # ---- weights: torch state dict -> flax params -----------------------------------
 
 

@@ -18,6 +18,10 @@ Kinds (see t2ijax/convert/kinds.py for the stored format):
                           [--image_encoder=image_encoder*.pth: for eval/train]
                           --config=configs/dmgan.py:cub (or :coco, or
                           configs/attngan.py:...) [--config.data.manual_dir=...]
+  dfgan_netG              a DF-GAN state_epoch_*.pth (2022 code; its netD and
+                          netC are kept for fine-tuning) or a bare netG, as a
+                          runnable workdir: the same flags, with
+                          --config=configs/dfgan.py:cub (or :coco)
 
 Example (DM-GAN, CUB):
 
@@ -42,15 +46,16 @@ from ml_collections import config_flags
 from t2ijax import config_base
 from t2ijax import errors
 from t2ijax.convert import kinds
+from t2ijax.convert import torch_dfgan
 from t2ijax.convert import torch_inception
 from t2ijax.convert import workdir
 
-WORKDIR_KINDS = ('damsm', 'attngan_netG', 'dmgan_netG')
+WORKDIR_KINDS = ('damsm', 'attngan_netG', 'dmgan_netG', 'dfgan_netG')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('kind', None, [
     'fid_inception', 'torchvision_inception', 'damsm_text', 'damsm_image',
-    'damsm', 'attngan_netG', 'dmgan_netG'], 'What --src is.')
+    'damsm', 'attngan_netG', 'dmgan_netG', 'dfgan_netG'], 'What --src is.')
 flags.DEFINE_string('src', None, 'The PyTorch checkpoint (.pth) to convert.')
 flags.DEFINE_string('dst', None, 'Output directory (created; must be empty).')
 flags.DEFINE_string('captions', None,
@@ -149,9 +154,10 @@ def main(argv):
             f'--config.damsm.workdir={dst}')
       return
     config = FLAGS.config
-    workdir.write_gan_workdir(dst, kind, config, _damsm_config(config),
-                              load(FLAGS.src), text_sd, image_sd, vocab,
-                              sources)
+    netg = (torch_dfgan.load_checkpoint(FLAGS.src) if kind == 'dfgan_netG'
+            else load(FLAGS.src))
+    workdir.write_gan_workdir(dst, kind, config, _damsm_config(config), netg,
+                              text_sd, image_sd, vocab, sources)
     config_arg = FLAGS['config'].serialize().split('=', 1)[1]
     print(f'{kind}: wrote the workdir {dst} (and {dst}/damsm). Sample with\n'
           f'  python -m t2ijax.main --config={config_arg} --workdir={dst} '

@@ -11,6 +11,8 @@ the per-network converters:
   damsm_image             DAMSM image_encoder*.pth            damsm.ImageEncoder
   attngan_netG            AttnGAN netG / bird_AttnGAN2.pth    attngan.Generator
   dmgan_netG              DM-GAN netG / bird_DMGAN.pth        dmgan.Generator
+  dfgan_netG              DF-GAN state_epoch_*.pth (or its    dfgan.NetG
+                          netG state dict)
 
 Stored format (every kind; the CLI uses it for all but the netG kinds, which
 become runnable workdirs, see `t2ijax.convert.workdir`), a directory with:
@@ -40,12 +42,13 @@ import numpy as np
 from t2ijax import errors
 from t2ijax.convert import torch_attngan
 from t2ijax.convert import torch_damsm
+from t2ijax.convert import torch_dfgan
 from t2ijax.convert import torch_inception
 from t2ijax.data import text
 
 INCEPTION_KINDS = ('fid_inception', 'torchvision_inception')
 DAMSM_KINDS = ('damsm_text', 'damsm_image')
-NETG_KINDS = ('attngan_netG', 'dmgan_netG')
+NETG_KINDS = ('attngan_netG', 'dmgan_netG', 'dfgan_netG')
 KINDS = INCEPTION_KINDS + DAMSM_KINDS + NETG_KINDS
 
 VARIABLES_FILE = 'variables.msgpack'
@@ -126,6 +129,14 @@ def dmgan_netg_variables(state_dict: Mapping[str, Any]):
   return _netg_variables(state_dict, 'dmgan')
 
 
+def dfgan_netg_variables(checkpoint: Mapping[str, Any]):
+  """DF-GAN NetG (from a state_epoch_*.pth dict or a bare netG) -> dfgan.NetG."""
+  netg = torch_dfgan.split_checkpoint(checkpoint)['netG']
+  widths = torch_dfgan.generator_topology(netg)
+  variables = torch_dfgan.generator_variables(netg, widths)
+  return variables, dict(widths, family='dfgan')
+
+
 _CONVERTERS = {
     'fid_inception': fid_inception_variables,
     'torchvision_inception': torchvision_inception_variables,
@@ -133,6 +144,7 @@ _CONVERTERS = {
     'damsm_image': damsm_image_variables,
     'attngan_netG': attngan_netg_variables,
     'dmgan_netG': dmgan_netg_variables,
+    'dfgan_netG': dfgan_netg_variables,
 }
 
 
@@ -158,6 +170,10 @@ def build_model(kind: str, model_args: Mapping[str, Any]) -> nn.Module:
   if kind == 'damsm_image':
     return damsm.ImageEncoder(**args)
   family = args.pop('family')
+  if family == 'dfgan':
+    from t2ijax.models import dfgan  # pylint: disable=g-import-not-at-top
+    args.pop('nef')   # the sentence size is the input's, not a module field
+    return dfgan.NetG(**args)
   return torch_attngan.build_generator(family, official_mask_bug=True, **args)
 
 
@@ -197,8 +213,9 @@ def convert_file(kind: str, src: str, dst: str,
     options['vocab'] = vocab
   elif kind == 'torchvision_inception':
     options['num_classes'] = num_classes
-  variables, model_args = convert(
-      kind, torch_inception.load_state_dict(src), **options)
+  source = (torch_dfgan.load_checkpoint(src) if kind == 'dfgan_netG'
+            else torch_inception.load_state_dict(src))
+  variables, model_args = convert(kind, source, **options)
   sources = {'src': file_digest(src)}
   if captions:
     sources['captions'] = file_digest(captions)

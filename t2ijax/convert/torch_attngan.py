@@ -86,7 +86,7 @@ _FIX_SHAPE = ('the widths differ from the model built; pass the ones the '
               'checkpoint was trained with (or leave them None to infer).')
 
 
-def _as_numpy(value: Any) -> np.ndarray:
+def as_numpy(value: Any) -> np.ndarray:
   """A float32 NumPy array from a torch tensor (torch is not imported) or array."""
   if hasattr(value, 'detach'):
     value = value.detach().cpu()
@@ -298,7 +298,7 @@ def _convert(state_dict: Mapping[str, Any], expected: dict, torch_key_of,
     if _shape(sd, key) != torch_shape:
       misshaped.append(f'{key}: has {_shape(sd, key)}, expected {torch_shape}')
       continue
-    flat[path] = np.ascontiguousarray(to_flax(_as_numpy(sd[key])))
+    flat[path] = np.ascontiguousarray(to_flax(as_numpy(sd[key])))
   unexpected = sorted(k for k in sd if k not in used and not ignorable(k))
   if missing or unexpected or misshaped:
     message = f'PyTorch state dict does not match {what}:'

@@ -238,12 +238,11 @@ def inception_variables_from_state_dict(
   return traverse_util.unflatten_dict(flat)
 
 
-def load_state_dict(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
-  """Reads a PyTorch `.pth` state dict into numpy arrays (dtypes kept).
+def load_torch_file(path: Union[str, os.PathLike]) -> Any:
+  """`torch.load(path, weights_only=True)` on CPU, with clear errors.
 
-  Uses `torch.load(weights_only=True)`, so only tensors and plain containers
-  are unpickled. A checkpoint of the form {'state_dict': {...}, ...} is
-  unwrapped.
+  Only tensors and plain containers are unpickled, so a file from the
+  internet cannot run code.
   """
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -255,13 +254,23 @@ def load_state_dict(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise CheckpointError(f'No checkpoint file at {path!r}; check the path.')
   try:
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
+    return torch.load(path, map_location='cpu', weights_only=True)
   except Exception as error:  # pylint: disable=broad-except
     raise CheckpointError(
         f'torch.load could not read {path!r} as a weights-only checkpoint '
         f'({error}). If the file is trusted, load it with torch.load(..., '
         'weights_only=False) yourself and pass the state dict to '
-        'inception_variables_from_state_dict.') from error
+        'the converter function.') from error
+
+
+def load_state_dict(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
+  """Reads a PyTorch `.pth` state dict into numpy arrays (dtypes kept).
+
+  See `load_torch_file`. A checkpoint of the form {'state_dict': {...}, ...}
+  is unwrapped.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  loaded = load_torch_file(path)
   if isinstance(loaded, Mapping) and isinstance(loaded.get('state_dict'),
                                                 Mapping):
     loaded = loaded['state_dict']

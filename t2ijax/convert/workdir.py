@@ -46,13 +46,15 @@ from absl import logging
 from t2ijax import checkpoint as ckpt_lib
 from t2ijax import errors
 from t2ijax.convert import kinds
+from t2ijax.convert import torch_dfgan
 from t2ijax.data import text
 
 CONVERTED_FILE = 'converted.json'
 DAMSM_SUBDIR = 'damsm'
 FORMAT_VERSION = 1
 _STEP = 0
-_NETG_FAMILY = {'attngan_netG': 'attngan', 'dmgan_netG': 'dmgan'}
+_NETG_FAMILY = {'attngan_netG': 'attngan', 'dmgan_netG': 'dmgan',
+                'dfgan_netG': 'dfgan'}
 
 
 def _check_empty(directory: str) -> None:
@@ -189,13 +191,14 @@ def write_gan_workdir(
 
   Args:
     directory: the GAN workdir to write (must be empty or absent).
-    kind: 'attngan_netG' or 'dmgan_netG'.
-    config: the GAN config (configs/attngan.py or dmgan.py, any variant);
-      its model widths must be the checkpoint's. damsm.workdir and
-      model.official_mask_bug are set here.
+    kind: 'attngan_netG', 'dmgan_netG' or 'dfgan_netG'.
+    config: the GAN config (configs/attngan.py, dmgan.py or dfgan.py, any
+      variant); its model widths must be the checkpoint's. damsm.workdir (and
+      for AttnGAN / DM-GAN model.official_mask_bug) are set here.
     damsm_config: a configs/damsm.py config for DIR/damsm.
     netg_state_dict, text_state_dict, image_state_dict: the official state
-      dicts (image may be None: sampling only).
+      dicts (image may be None: sampling only). For DF-GAN, the loaded
+      state_epoch_*.pth (its netD and netC become D0) or a bare netG.
     vocab: the captions.pickle vocabulary.
     sources: provenance recorded in converted.json.
 
@@ -214,7 +217,13 @@ def write_gan_workdir(
   _check_empty(directory)
   g_vars, widths = kinds.convert(kind, netg_state_dict)
   widths.pop('family')
-  _check_widths(config, widths)
+  _check_widths(config, widths, family)
+  d_vars = None
+  if family == 'dfgan':
+    nets = torch_dfgan.split_checkpoint(netg_state_dict)
+    if nets['netD'] is not None and nets['netC'] is not None:
+      d_vars = torch_dfgan.discriminator_variables(
+          nets['netD'], nets['netC'], widths['image_size'])
   # Checked before anything is written.
   _, text_args = kinds.damsm_text_variables(text_state_dict, vocab)
   if text_args['nef'] != widths['nef']:
@@ -230,17 +239,21 @@ def write_gan_workdir(
   write_damsm_workdir(damsm_dir, damsm_config, text_state_dict,
                       image_state_dict, vocab, sources)
   config.damsm.workdir = damsm_dir
-  config.model.official_mask_bug = True
+  model_settings = {}
+  if family != 'dfgan':
+    # The released AttnGAN / DM-GAN weights were trained with the mask bug.
+    config.model.official_mask_bug = True
+    model_settings['model.official_mask_bug'] = True
 
   method = registry.method_class(config.method)(config, vocab,
                                                 config.train.batch_size)
-  state = _gan_state(method, g_vars, jax.random.key(config.seed))
+  state = _gan_state(method, g_vars, jax.random.key(config.seed), d_vars)
   _save(directory, config, state, vocab)
   info = {'layout': 'workdir', 'format': FORMAT_VERSION, 'kind': kind,
           'method': config.method, 'data_source': config.data.source,
           'image_encoder': image_state_dict is not None, 'generator': widths,
-          'settings': {'damsm.workdir': DAMSM_SUBDIR,
-                       'model.official_mask_bug': True,
+          'discriminator': d_vars is not None,
+          'settings': {'damsm.workdir': DAMSM_SUBDIR, **model_settings,
                        **_data_settings(config)},
           'sources': dict(sources)}
   _write_json(os.path.join(directory, CONVERTED_FILE), info)
@@ -248,8 +261,10 @@ def write_gan_workdir(
   return info
 
 
-def _gan_state(method, g_vars: Mapping[str, Any], rng: jax.Array):
-  """The GAN train state with the converted G, fresh Ds and the DAMSM encoders.
+def _gan_state(method, g_vars: Mapping[str, Any], rng: jax.Array,
+               d_vars: Optional[Mapping[str, Any]] = None):
+  """The GAN train state with the converted G, Ds (fresh unless `d_vars`
+  gives the only D) and the DAMSM encoders.
 
   Assembled as the trainer's `init_state` lays it out, and checked against
   that layout, rather than produced by it: its init compiles G's
@@ -260,17 +275,22 @@ def _gan_state(method, g_vars: Mapping[str, Any], rng: jax.Array):
   abstract = jax.eval_shape(method.init_state, rng)
   g = abstract.nets['G']
   params = _matching('netG', g_vars['params'], g.params)
-  stats = _matching('netG statistics', g_vars['batch_stats'],
-                    g.collections['batch_stats'])
-  # The official netG files hold the EMA weights: they are both.
-  nets = {'G': state_lib.new_net(params, method.txs['G'],
-                                 collections={'batch_stats': stats}, ema=True)}
+  collections = {}
+  if 'batch_stats' in g.collections:
+    collections['batch_stats'] = _matching(
+        'netG statistics', g_vars['batch_stats'], g.collections['batch_stats'])
+  # The official AttnGAN / DM-GAN netG files hold the EMA weights: they are
+  # both. DF-GAN keeps no EMA unless the config asks for one.
+  nets = {'G': state_lib.new_net(params, method.txs['G'], collections=collections,
+                                 ema=g.ema_params != ())}
   nef, batch = method.config.model.nef, 2
 
   def init_discriminators(key):
     keys = jax.random.split(key, len(method.sizes))
+    # DF-GAN's D has no train flag (no BatchNorm, no dropout).
+    extra = {} if method.config.method == 'dfgan' else {'train': False}
     return [d.init(k, jnp.zeros((batch, size, size, 3)),
-                   jnp.zeros((batch, nef)), train=False)
+                   jnp.zeros((batch, nef)), **extra)
             for k, size, d in zip(keys, method.sizes, method.discriminators)]
 
   d_key, state_key = jax.random.split(rng)
@@ -278,10 +298,15 @@ def _gan_state(method, g_vars: Mapping[str, Any], rng: jax.Array):
   # XLA:CPU, and a fresh D is as random either way.
   d_key = jax.random.key(jax.random.randint(d_key, (), 0, 2**31 - 1),
                          impl='rbg')
-  for i, d_vars in enumerate(jax.jit(init_discriminators)(d_key)):
+  if d_vars is not None:
+    fresh = [{'params': _matching('netD and netC', d_vars['params'],
+                                  abstract.nets['D0'].params)}]
+  else:
+    fresh = jax.jit(init_discriminators)(d_key)
+  for i, variables in enumerate(fresh):
     nets[f'D{i}'] = state_lib.new_net(
-        d_vars['params'], method.txs[f'D{i}'],
-        collections={k: v for k, v in d_vars.items() if k != 'params'})
+        variables['params'], method.txs[f'D{i}'],
+        collections={k: v for k, v in variables.items() if k != 'params'})
   damsm = method.damsm
   nets['text_encoder'] = state_lib.new_net(
       jax.tree.map(jnp.asarray, damsm.text_variables['params']), None)
@@ -295,13 +320,18 @@ def _gan_state(method, g_vars: Mapping[str, Any], rng: jax.Array):
   return state
 
 
-def _check_widths(config, widths: Mapping[str, int]) -> None:
+def _check_widths(config, widths: Mapping[str, int], family: str) -> None:
   """The config's generator must be the checkpoint's (nef comes from the DAMSM)."""
   model = config.model
-  wrong = [f'model.{k}={model[k]} (checkpoint: {v})'
-           for k, v in widths.items() if k != 'nef' and model[k] != v]
-  if len(config.data.image_sizes) != widths['num_stages']:
-    wrong.append(f'data.image_sizes={tuple(config.data.image_sizes)} '
+  sizes = tuple(config.data.image_sizes)
+  wrong = [f'model.{k}={model[k]} (checkpoint: {v})' for k, v in widths.items()
+           if k not in ('nef', 'image_size') and model[k] != v]
+  if family == 'dfgan':
+    if sizes != (widths['image_size'],):
+      wrong.append(f'data.image_sizes={sizes} (checkpoint: '
+                   f'({widths["image_size"]},))')
+  elif len(sizes) != widths['num_stages']:
+    wrong.append(f'data.image_sizes={sizes} '
                  f'(checkpoint: {widths["num_stages"]} stages)')
   if wrong:
     raise errors.ConfigError(

@@ -161,7 +161,8 @@ class SpectralDense(nn.Module):
     in_features = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init,
                         (in_features, self.features))
-    y = x @ normalize_kernel(self, kernel, self.eps)
+    # In x's dtype: the normalised kernel is float32 under bfloat16 compute.
+    y = x @ normalize_kernel(self, kernel, self.eps).astype(x.dtype)
     if self.use_bias:
       bias_init = self.bias_init or torch_compat.torch_bias_init(in_features)
       y = y + self.param('bias', bias_init, (self.features,))

@@ -21,9 +21,13 @@ def torch_bias_init(fan_in: int) -> Initializer:
 
 def conv_nhwc(x: jax.Array, kernel: jax.Array, strides: int,
               padding: int) -> jax.Array:
-  """Cross-correlation of NHWC x with an HWIO kernel, torch-style padding."""
+  """Cross-correlation of NHWC x with an HWIO kernel, torch-style padding.
+
+  Computes in x's dtype (a spectral-normalised kernel is float32 even when
+  the network runs in bfloat16, t2ijax/precision.py).
+  """
   return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(strides, strides),
+      x, kernel.astype(x.dtype), window_strides=(strides, strides),
       padding=((padding, padding), (padding, padding)),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 

@@ -7,6 +7,8 @@ from t2ijax.trainers import sampling
 
 
 class AttnGan(gan.TextToImageGan):
+  # bfloat16 by casting at the network boundary (t2ijax/precision.py).
+  compute_dtypes = ("float32", "bfloat16")
   generator_module = attngan.Generator
   discriminator_module = attngan.Discriminator
 

@@ -25,6 +25,7 @@ from absl import logging
 
 from t2ijax import errors
 from t2ijax import images as images_lib
+from t2ijax import precision
 from t2ijax.encoders import damsm_loader
 from t2ijax.losses import damsm as damsm_loss
 from t2ijax.trainers import method as method_lib
@@ -40,12 +41,17 @@ def kl_loss(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   return -0.5 * jnp.mean(1.0 + logvar - mu ** 2 - jnp.exp(logvar))
 
 
-def _apply(module, variables, *args, method=None, **kwargs):
-  """Applies with every non-param collection mutable; returns (out, collections)."""
+def _apply(module, variables, *args, method=None, compute_dtype="float32", **kwargs):
+  """Applies with every non-param collection mutable; returns (out, collections).
+
+  compute_dtype: see `t2ijax.precision` (outputs are float32 either way).
+  """
   mutable = [k for k in variables if k != "params"]
   if not mutable:
-    return module.apply(variables, *args, method=method, **kwargs), {}
-  return module.apply(variables, *args, method=method, mutable=mutable, **kwargs)
+    return precision.apply(module, variables, *args, method=method,
+                           compute_dtype=compute_dtype, **kwargs), {}
+  return precision.apply(module, variables, *args, method=method, mutable=mutable,
+                         compute_dtype=compute_dtype, **kwargs)
 
 
 class TextToImageGan(method_lib.Method):
@@ -68,6 +74,8 @@ class TextToImageGan(method_lib.Method):
           f"nef={damsm_nef}; leave model.nef at -1 to take the DAMSM's")
     self.generator = self.make_generator()
     self.discriminators = [self.make_discriminator(size) for size in self.sizes]
+    # G and D compute in this dtype where a family allows it (`compute_dtypes`).
+    self.compute_dtype = config.precision.compute_dtype if "precision" in config else "float32"
     o = config.optim
     self.txs = {"G": optax.adam(o.g_lr, o.b1, o.b2)}
     for i in range(len(self.sizes)):
@@ -137,21 +145,24 @@ class TextToImageGan(method_lib.Method):
 
   def generate(self, g_net, params, z, sentence, words, mask, key, train):
     variables = g_net.variables(params)
+    dtype = self.compute_dtype
     if train:
-      return _apply(self.generator, variables, z, sentence, words, mask, ca_key=key, train=True)
-    return self.generator.apply(variables, z, sentence, words, mask, ca_key=key, train=False), {}
+      return _apply(self.generator, variables, z, sentence, words, mask, ca_key=key, train=True,
+                    compute_dtype=dtype)
+    return precision.apply(self.generator, variables, z, sentence, words, mask, ca_key=key,
+                           train=False, compute_dtype=dtype), {}
 
   def discriminator_loss(self, index, params, collections, real, fake, sentence,
                          wrong_sentence):
     """AttnGAN's D objective for one stage; returns (loss, (metrics, collections))."""
-    d = self.discriminators[index]
+    d, dtype = self.discriminators[index], self.compute_dtype
     variables = {"params": params, **collections}
-    out_real, collections = _apply(d, variables, real, sentence, train=True)
+    out_real, collections = _apply(d, variables, real, sentence, train=True, compute_dtype=dtype)
     variables = {"params": params, **collections}
-    out_fake, collections = _apply(d, variables, fake, sentence, train=True)
+    out_fake, collections = _apply(d, variables, fake, sentence, train=True, compute_dtype=dtype)
     variables = {"params": params, **collections}
     wrong, collections = _apply(d, variables, out_real["features"], wrong_sentence,
-                                method=d.cond_logits, train=True)
+                                method=d.cond_logits, train=True, compute_dtype=dtype)
     cond_real, cond_fake, cond_wrong = bce(out_real["cond"], 1), bce(out_fake["cond"], 0), bce(wrong, 0)
     if "uncond" in out_real:
       real_loss, fake_loss = bce(out_real["uncond"], 1), bce(out_fake["uncond"], 0)
@@ -163,7 +174,8 @@ class TextToImageGan(method_lib.Method):
 
   def generator_adversarial(self, index, params, collections, fake, sentence):
     d = self.discriminators[index]
-    out, collections = _apply(d, {"params": params, **collections}, fake, sentence, train=True)
+    out, collections = _apply(d, {"params": params, **collections}, fake, sentence, train=True,
+                              compute_dtype=self.compute_dtype)
     loss = bce(out["cond"], 1) + (bce(out["uncond"], 1) if "uncond" in out else 0.0)
     return loss, collections
 

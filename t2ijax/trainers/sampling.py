@@ -44,6 +44,19 @@ def encode_captions(captions, vocab, max_words: int, unknown: str):
   return ids, lengths
 
 
+def batch_order(lengths: np.ndarray, official_mask_bug: bool) -> np.ndarray:
+  """The row order to generate in: longest caption first under the mask bug.
+
+  Official batches are sorted by caption length, longest first, and with the
+  attention padding-mask bug an image's mask depends on the batch order
+  (t2ijax/nn/attention.py), so converted official weights are run in that
+  order (stable among equal lengths). Otherwise the given order.
+  """
+  if not official_mask_bug:
+    return np.arange(len(lengths))
+  return np.argsort(-np.asarray(lengths), kind="stable")
+
+
 def _generate(method, state, words, sentence, mask, z, key):
   g = state.nets["G"]
   out, _ = method.generate(g, g.ema_params, z, sentence, words, mask, key, train=False)
@@ -61,9 +74,13 @@ def sample_command(config, workdir: str) -> dict:
   n, k = len(captions), s.num_noise
   key = jax.random.key(s.seed)
   z = method.sample_noise(key, (n * k, config.model.z_dim))
-  rep = lambda x: jnp.repeat(x, k, axis=0)
+  order = batch_order(np.repeat(lengths, k), config.model.get("official_mask_bug", False))
+  rep = lambda x: jnp.repeat(x, k, axis=0)[order]
   generate = jax.jit(lambda st, w, se, m, zz, kk: _generate(method, st, w, se, m, zz, kk))
-  stages = generate(state, rep(words), rep(sentence), rep(mask), z, jax.random.fold_in(key, 1))
+  stages = generate(state, rep(words), rep(sentence), rep(mask), z[order],
+                    jax.random.fold_in(key, 1))
+  unsort = np.argsort(order)
+  stages = [x[unsort] for x in stages]
   picture = gan.stage_grid(None, [np.asarray(x) for x in stages])
   stamp = time.strftime("%Y%m%d_%H%M%S")
   out_dir = os.path.join(workdir, "samples")
