@@ -431,3 +431,36 @@ def test_suite_computes_fid_and_is_when_configured(monkeypatch, tmp_path):
       class_ids=np.arange(40))
   assert 'No FID statistics file' in result['fid_skipped']
   assert 'inception_score' in result
+
+
+def test_streamed_batches_give_the_metrics_of_all_images_at_once(monkeypatch, tmp_path):
+  """What the GAN evaluation does: uneven batches in, a limit, no images kept."""
+  calls = []
+
+  class _Recording(_FakeExtractor):
+    def iterate(self, batches):
+      batches = list(batches)
+      calls.extend(len(b) for b in batches)
+      return super().iterate(batches)
+
+  monkeypatch.setattr(suite, '_extractor', lambda *args: _Recording())
+  images = _images(17, 40, size=4)
+  reference = np.random.default_rng(18).normal(100, 30, size=(50, 6))
+  config = _eval_config(inception_weights='anything', metrics=('fid', 'is'),
+                        fid_stats=fid.save_stats(tmp_path / 'ref.npz',
+                                                 *fid.statistics(reference)))
+  stream = suite.InceptionStream(config, limit=37)
+  for start, stop in ((0, 3), (3, 8), (8, 15), (15, 40)):
+    stream.add(images[start:stop])
+  text = np.zeros((37, 2))
+  streamed = suite.generated_image_metrics(
+      config, image_features=text, text_features=text, class_ids=np.arange(37),
+      inception=stream)
+  at_once = suite.generated_image_metrics(
+      config, images[:37], image_features=text, text_features=text,
+      class_ids=np.arange(37))
+  assert streamed['fid'] == pytest.approx(at_once['fid'], rel=1e-9)
+  assert streamed['inception_score'] == pytest.approx(at_once['inception_score'], rel=1e-9)
+  # Multiples of the Inception batch (4) while feeding, up to the limit; the
+  # 37th image alone at the end. Then the at-once call, the same way.
+  assert calls == [8, 4, 24, 1, 36, 1]

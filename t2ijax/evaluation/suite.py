@@ -52,87 +52,131 @@ def _extractor(weights: str, batch_size: int) -> features_lib.FidInception:
   return features_lib.FidInception.from_file(weights, batch_size=batch_size)
 
 
-def _inception_metrics(eval_config, images: np.ndarray, names) -> dict[str, Any]:
-  result = {}
-  want_fid, want_is = 'fid' in names, 'is' in names
-  weights = eval_config.get('inception_weights', '')
-  if not weights:
-    reason = (f'eval.inception_weights is not set. {features_lib.WEIGHTS_HINT}')
-    if want_fid:
-      result['fid_skipped'] = reason
-    if want_is:
-      result['inception_score_skipped'] = reason
-    return result
-  reference = None
-  if want_fid:
-    stats_path = eval_config.get('fid_stats', '')
-    if not stats_path:
-      result['fid_skipped'] = (
-          'eval.fid_stats is not set: make reference statistics of real images '
-          'with python -m t2ijax.evaluation.fid --save_stats ... and set '
-          'eval.fid_stats=PATH.npz.')
-    else:
-      try:
-        reference = fid_lib.load_stats(stats_path)
-      except errors.T2IError as error:
-        result['fid_skipped'] = str(error)
-  want_fid = reference is not None
-  if not (want_fid or want_is):
-    return result
-  try:
-    extractor = _extractor(weights, int(eval_config.get(
-        'inception_batch_size', features_lib.DEFAULT_BATCH_SIZE)))
-  except errors.T2IError as error:
-    if want_fid:
-      result['fid_skipped'] = str(error)
-    if want_is:
-      result['inception_score_skipped'] = str(error)
-    return result
+class InceptionStream:
+  """FID statistics and IS logits of generated images, fed batch by batch.
 
-  stats, logits = fid_lib.RunningStats(), []
-  batch = extractor.batch_size
-  for out in extractor.iterate(images[i:i + batch]
-                               for i in range(0, len(images), batch)):
-    stats.update(out['pool3'])
-    if 'logits' in out:
-      logits.append(out['logits'])
-  if want_fid:
+  The GAN evaluation feeds each batch as it comes off the device and keeps
+  only 2048 + 1008 numbers per image, not the images: the papers' 30,000
+  images at 256 px would be ~6 GB of uint8 on the host. Images are regrouped
+  into full Inception batches (only the last one is padded).
+  """
+
+  def __init__(self, eval_config, limit: int | None = None):
+    """Resolves weights and reference statistics; unusable ones become skip reasons.
+
+    Args:
+      eval_config: `config.eval` (module doc).
+      limit: images to use at most (later ones are ignored), or None.
+    """
+    names = check_metrics(eval_config.get('metrics', METRICS))
+    self.skipped: dict[str, str] = {}
+    self.limit, self.count = limit, 0
+    self.stats, self.logits, self.pending = fid_lib.RunningStats(), [], []
+    self.extractor, self.reference = None, None
+    self.want_fid, self.want_is = 'fid' in names, 'is' in names
+    self.weights = eval_config.get('inception_weights', '')
+    if not (self.want_fid or self.want_is):
+      return
+    if not self.weights:
+      self._skip(f'eval.inception_weights is not set. {features_lib.WEIGHTS_HINT}')
+      return
+    if self.want_fid:
+      stats_path = eval_config.get('fid_stats', '')
+      if not stats_path:
+        self._skip(
+            'eval.fid_stats is not set: make reference statistics of real images '
+            'with python -m t2ijax.evaluation.fid --save_stats ... and set '
+            'eval.fid_stats=PATH.npz.', fid=True, inception_score=False)
+      else:
+        try:
+          self.reference = fid_lib.load_stats(stats_path)
+        except errors.T2IError as error:
+          self._skip(str(error), fid=True, inception_score=False)
+    self.want_fid = self.reference is not None
+    if not (self.want_fid or self.want_is):
+      return
     try:
-      mu, sigma = stats.mean_and_covariance()
-      result['fid'] = fid_lib.frechet_distance(mu, sigma, *reference)
-    except ValueError as error:
-      result['fid_skipped'] = str(error)
-    if stats.count < fid_lib.FEATURE_DIM:
-      logging.warning('FID of %d images (< %d): the covariance is singular and '
-                      'the value is biased upwards; papers use 30,000.',
-                      stats.count, fid_lib.FEATURE_DIM)
-  if want_is:
-    if not logits:
-      result['inception_score_skipped'] = (
-          f'the weights in {weights} have no fc classifier (a pytorch-fid '
-          f'wrapper state dict?); use {features_lib.WEIGHTS_FILE} itself.')
-    else:
+      self.extractor = _extractor(self.weights, int(eval_config.get(
+          'inception_batch_size', features_lib.DEFAULT_BATCH_SIZE)))
+    except errors.T2IError as error:
+      self._skip(str(error))
+
+  def _skip(self, reason: str, fid: bool = True, inception_score: bool = True) -> None:
+    if fid and self.want_fid:
+      self.skipped['fid_skipped'] = reason
+    if inception_score and self.want_is:
+      self.skipped['inception_score_skipped'] = reason
+
+  def _run(self, rows: np.ndarray) -> None:
+    for out in self.extractor.iterate([rows]):
+      self.stats.update(out['pool3'])
+      if 'logits' in out:
+        self.logits.append(out['logits'])
+
+  def add(self, images: np.ndarray) -> None:
+    """(B, H, W, 3) uint8 generated images (a no-op when nothing is computed)."""
+    if self.extractor is None:
+      return
+    if self.limit is not None:
+      images = images[:max(self.limit - self.count, 0)]
+    self.count += len(images)
+    self.pending.append(np.asarray(images))
+    pending = sum(len(x) for x in self.pending)
+    batch = self.extractor.batch_size
+    if pending >= batch:
+      rows = np.concatenate(self.pending)
+      full = len(rows) - len(rows) % batch
+      self._run(rows[:full])
+      self.pending = [rows[full:]] if full < len(rows) else []
+
+  def metrics(self) -> dict[str, Any]:
+    """FID / IS of everything added, and the reasons for what was skipped."""
+    result = dict(self.skipped)
+    if self.extractor is None:
+      return result
+    if self.pending:
+      self._run(np.concatenate(self.pending))
+      self.pending = []
+    if self.want_fid:
       try:
-        mean, std = inception_score.inception_score_from_logits(
-            np.concatenate(logits))
-        result.update(inception_score=mean, inception_score_std=std)
+        mu, sigma = self.stats.mean_and_covariance()
+        result['fid'] = fid_lib.frechet_distance(mu, sigma, *self.reference)
       except ValueError as error:
-        result['inception_score_skipped'] = str(error)
-  return result
+        result['fid_skipped'] = str(error)
+      if self.stats.count < fid_lib.FEATURE_DIM:
+        logging.warning('FID of %d images (< %d): the covariance is singular and '
+                        'the value is biased upwards; papers use 30,000.',
+                        self.stats.count, fid_lib.FEATURE_DIM)
+    if self.want_is:
+      if not self.logits:
+        result['inception_score_skipped'] = (
+            f'the weights in {self.weights} have no fc classifier (a pytorch-fid '
+            f'wrapper state dict?); use {features_lib.WEIGHTS_FILE} itself.')
+      else:
+        try:
+          mean, std = inception_score.inception_score_from_logits(
+              np.concatenate(self.logits))
+          result.update(inception_score=mean, inception_score_std=std)
+        except ValueError as error:
+          result['inception_score_skipped'] = str(error)
+    return result
 
 
-def generated_image_metrics(eval_config, images: np.ndarray, *,
+def generated_image_metrics(eval_config, images: np.ndarray | None = None, *,
                             image_features: np.ndarray,
                             text_features: np.ndarray,
-                            class_ids: np.ndarray) -> dict[str, Any]:
+                            class_ids: np.ndarray,
+                            inception: InceptionStream | None = None) -> dict[str, Any]:
   """The configured metrics of N generated images.
 
   Args:
     eval_config: `config.eval` (see the module doc for the fields read).
-    images: (N, H, W, 3) uint8 generated images.
+    images: (N, H, W, 3) uint8 generated images; None when `inception`
+      has already been fed them.
     image_features: (N, D) DAMSM global features of those images.
     text_features: (N, D) DAMSM sentence vectors of their captions.
     class_ids: (N,) class ids of the captions' data items.
+    inception: an `InceptionStream` fed the N images batch by batch.
 
   Returns:
     Floats (`fid`, `inception_score`, `inception_score_std`, `r_precision`,
@@ -140,14 +184,19 @@ def generated_image_metrics(eval_config, images: np.ndarray, *,
     be computed, `<metric>_skipped` strings saying why.
   """
   names = check_metrics(eval_config.get('metrics', METRICS))
-  result: dict[str, Any] = {'num_generated_images': float(len(images))}
+  result: dict[str, Any] = {'num_generated_images': float(len(image_features))}
   if 'r_precision' in names:
     try:
       result.update(r_precision_lib.r_precision(image_features, text_features,
                                                 class_ids))
     except ValueError as error:
       result['r_precision_skipped'] = str(error)
-  result.update(_inception_metrics(eval_config, images, names))
+  if inception is None:
+    if images is None:
+      raise ValueError('generated_image_metrics needs the images or an InceptionStream fed them')
+    inception = InceptionStream(eval_config)
+    inception.add(images)
+  result.update(inception.metrics())
   for key, value in result.items():
     if key.endswith('_skipped'):
       logging.warning('%s: %s', key, value)

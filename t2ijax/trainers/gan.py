@@ -277,21 +277,47 @@ class TextToImageGan(method_lib.Method):
       out["attributes"] = batch["attributes"]
     return out
 
+  def _num_eval_images(self) -> int | None:
+    # eval.num_images is reached in whole batches; the metrics see exactly it.
+    num = self.config.eval.get("num_images", -1)
+    return num if num > 0 else None
+
+  def _judges_shapes(self, output) -> bool:
+    return "attributes" in output and self.config.eval.shapes_classifier
+
+  def begin_eval(self):
+    from t2ijax.evaluation import suite
+    self._inception = suite.InceptionStream(self.config.eval, limit=self._num_eval_images())
+
+  def eval_output_on_host(self, output):
+    """Feeds the images to the Inception statistics; keeps them only for shapes."""
+    stream = getattr(self, "_inception", None)
+    if stream is None:
+      return output
+    stream.add(output["images"])
+    if self._judges_shapes(output):
+      return output
+    return {k: v for k, v in output.items() if k != "images"}
+
   def summarize_eval(self, outputs):
     from t2ijax.evaluation import suite
     result = {"damsm_image_to_text_top1": float(np.mean(
         [o["damsm_image_to_text_top1"] for o in outputs])),
               "damsm_chance_top1": 1.0 / self.config.eval.batch_size}
-    if "attributes" in outputs[0] and self.config.eval.shapes_classifier:
+    if self._judges_shapes(outputs[0]):
       result.update(self._shapes_agreement(outputs))
-    # eval.num_images is reached in whole batches; the metrics see exactly it.
-    num = self.config.eval.get("num_images", -1)
-    num = num if num > 0 else None
+    num = self._num_eval_images()
     joined = {k: np.concatenate([o[k] for o in outputs])[:num]
-              for k in ("images", "damsm_image", "sentence", "class_id")}
+              for k in ("damsm_image", "sentence", "class_id")}
+    # Fed batch by batch in run_eval; outputs that still hold every image
+    # (summarize_eval called directly) are fed here.
+    stream, self._inception = getattr(self, "_inception", None), None
+    images = None
+    if stream is None:
+      images = np.concatenate([o["images"] for o in outputs])[:num]
     result.update(suite.generated_image_metrics(
-        self.config.eval, joined["images"], image_features=joined["damsm_image"],
-        text_features=joined["sentence"], class_ids=joined["class_id"]))
+        self.config.eval, images, image_features=joined["damsm_image"],
+        text_features=joined["sentence"], class_ids=joined["class_id"], inception=stream))
     return result
 
   def _shapes_agreement(self, outputs):

@@ -255,13 +255,14 @@ def run_eval(setup: Setup, state, step: int, writer) -> dict[str, float]:
                     out_shardings=(parallel.replicated(setup.mesh)
                                    if jax.process_count() > 1 else None))
   outputs = []
+  setup.method.begin_eval()
   with jax.set_mesh(setup.mesh):
     for i, local in enumerate(data_iterator(cfg, loader, batch_size, 0, num)):
       batch = parallel.global_batch(local, setup.mesh)
       if i == 0:
         eval_fn = compile_synchronised(eval_fn, state, batch, name="eval_step")
       out = eval_fn(state, batch)
-      outputs.append(jax.device_get(out))
+      outputs.append(setup.method.eval_output_on_host(jax.device_get(out)))
   metrics = {f"eval/{k}": v for k, v in setup.method.summarize_eval(outputs).items()}
   # Strings (e.g. why a metric was skipped) go to the JSON and the log only.
   writer.write_scalars(step, {k: v for k, v in metrics.items() if not isinstance(v, str)})

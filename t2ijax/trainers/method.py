@@ -40,6 +40,16 @@ class Method:
     """Per-batch evaluation outputs (jittable, pure)."""
     raise NotImplementedError
 
+  def begin_eval(self) -> None:
+    """Called before the first eval_step of an evaluation."""
+
+  def eval_output_on_host(self, output: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One batch's eval_step output, on the host, before it is kept for
+    summarize_eval. A method may shrink it here (the GANs turn images into
+    Inception statistics), so that an evaluation of many images never holds
+    them all."""
+    return output
+
   def summarize_eval(self, outputs: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Host-side reduction of eval_step outputs to scalars."""
     raise NotImplementedError
