@@ -62,6 +62,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.num_epochs = 600
   elif variant == "demo":
     c.data.source = "shapes"
+    config_base.keep_positions(c.data)
     c.data.image_sizes = (64,)
     c.data.shapes.num_train = 4000
     c.data.shapes.num_test = 1000

@@ -29,7 +29,9 @@ def data_config(source: str = "shapes") -> ml_collections.ConfigDict:
   # Image sizes per stage (the largest is the crop size); the crop is taken from
   # the image scaled so its shorter side is int(largest * 76 / 64), as officially.
   d.image_sizes = (64, 128, 256)
-  d.load_size = -1                   # -1: int(largest * 76 / 64)
+  # -1: int(largest * 76 / 64), randomly cropped (official); 0: the largest
+  # size, so the crop is the whole image (see keep_positions).
+  d.load_size = -1
   d.random_flip = True
   d.bbox_crop = True                 # CUB's 1.5x bounding-box crop (when boxes exist)
   d.num_parallel_calls = -1          # tf.data map parallelism; -1 = AUTOTUNE
@@ -37,6 +39,18 @@ def data_config(source: str = "shapes") -> ml_collections.ConfigDict:
   d.shapes = ml_collections.ConfigDict(dict(
       num_train=4000, num_test=1000, image_size=64, seed=0))
   return d
+
+
+def keep_positions(data_config: ml_collections.ConfigDict) -> None:
+  """No flips and no random crops: for captions that say where things are.
+
+  The shapes captions state left / right / top / bottom / centre, with anchors
+  0.2 of the side apart: a flip swaps left and right, and the official random
+  crop (from 76/64 of the size) shifts objects by up to 0.16 of the side, so
+  both would teach the text-image models positions the captions contradict.
+  """
+  data_config.random_flip = False
+  data_config.load_size = 0
 
 
 def use_coco(c: ml_collections.ConfigDict, max_words: int) -> None:
@@ -162,6 +176,7 @@ def gan_demo(c: ml_collections.ConfigDict, configs_dir: str) -> None:
   c.data.source = "shapes"
   c.data.image_sizes = (64, 128)
   c.data.shapes.update(num_train=4000, num_test=1000, image_size=128)
+  keep_positions(c.data)
   # Measured on shapes (DM-GAN, 2-core CPU): at ngf 8 the samples were still
   # noise after 600 steps; at ngf 16 colours are right by step 400 and colour,
   # size and shape beat chance by step 800 (README, "DM-GAN demo").

@@ -194,3 +194,23 @@ def test_unknown_word_error_surfaces_through_tf_data(config, prepared):
   loader.vocab = text.Vocab([w for w in prepared.vocab.itos if w != 'circle'])
   with pytest.raises(errors.CaptionError, match='circle'):
     take(loader, STEPS_PER_EPOCH)
+
+
+def test_keep_positions_serves_the_stored_image_unchanged(config, prepared):
+  """No flip, no random crop: the positions the captions state stay true."""
+  import io  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  source = prepared.source('train')
+
+  def stored(index):
+    return np.asarray(Image.open(io.BytesIO(source[index]['image'])).convert('RGB'))
+
+  (batch,) = take(make_loader(config, prepared), 1)
+  # The official augmentation moves (and flips) objects...
+  assert any(not np.array_equal(batch['image32'][r], stored(batch['index'][r]))
+             for r in range(GLOBAL_BATCH))
+  config_base.keep_positions(config.data)
+  (batch,) = take(make_loader(config, prepared), 1)
+  # ...keep_positions serves each image as rendered.
+  for row in range(GLOBAL_BATCH):
+    np.testing.assert_array_equal(batch['image32'][row], stored(batch['index'][row]))

@@ -41,8 +41,10 @@ class ExampleSpec:
   def from_config(cls, data_config, num_attributes: int = 0) -> "ExampleSpec":
     sizes = tuple(sorted(int(s) for s in data_config.image_sizes))
     load = data_config.load_size
-    if load <= 0:
+    if load < 0:
       load = int(sizes[-1] * 76 / 64)   # the official Scale(int(imsize * 76 / 64))
+    elif load == 0:
+      load = sizes[-1]                  # the crop is the whole (scaled) image
     return cls(sizes, load, data_config.max_words, data_config.random_flip,
                data_config.bbox_crop, data_config.unknown_words, num_attributes)
 
