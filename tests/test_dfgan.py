@@ -18,6 +18,7 @@ import torch
 from t2ijax import errors
 from t2ijax.models import dfgan
 from t2ijax.nn import conditional_norm
+from t2ijax.nn import fast_conv
 from t2ijax.nn import torch_compat
 from t2ijax.trainers import dfgan as dfgan_trainer
 from t2ijax.trainers import loop
@@ -121,7 +122,7 @@ def test_upsample_conv3x3_is_conv_of_the_upsampled_input():
   x = jnp.asarray(rng.standard_normal((2, 5, 3, 4)), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 6)), jnp.float32)
   expected = torch_compat.conv_nhwc(jnp.repeat(jnp.repeat(x, 2, 1), 2, 2), kernel, 1, 1)
-  np.testing.assert_allclose(dfgan.upsample_conv3x3(x, kernel), expected, atol=1e-5)
+  np.testing.assert_allclose(fast_conv.upsample_conv3x3(x, kernel), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize('k,p', [(2.0, 6.0), (0.5, 2.0)])
