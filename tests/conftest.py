@@ -29,6 +29,18 @@ def tiny_damsm(data_dir):
   return tiny_configs.damsm(data_dir)
 
 
+@pytest.fixture(scope="session")
+def damsm_dir(tmp_path_factory, data_dir):
+  """A finished tiny DAMSM run whose vocabulary the tiny GAN configs share.
+
+  Trained once per session: every GAN test only reads it.
+  """
+  from t2ijax.trainers import loop  # noqa: E402  (after the device count is set)
+  workdir = str(tmp_path_factory.mktemp("damsm"))
+  loop.train_and_evaluate(tiny_configs.damsm_for_gan(data_dir), workdir, jax.devices()[:1])
+  return workdir
+
+
 def pytest_configure(config):
   del config
   # Identical programs (inits, steps) recur across tests and subprocesses:

@@ -275,12 +275,6 @@ def test_dfgan_config_refuses_several_image_sizes(data_dir, tmp_path):
     dfgan_trainer.DfGan(config, None, 8)
 
 
-@pytest.fixture(scope='module')
-def damsm_dir(tmp_path_factory, data_dir):
-  workdir = str(tmp_path_factory.mktemp('damsm'))
-  loop.train_and_evaluate(tiny_configs.damsm_for_gan(data_dir), workdir, jax.devices()[:1])
-  return workdir
-
 
 def test_tiny_dfgan_trains_evaluates_and_samples_on_shapes(damsm_dir, data_dir, tmp_path):
   config = tiny_configs.gan('dfgan', data_dir, damsm_dir)

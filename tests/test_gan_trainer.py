@@ -22,12 +22,6 @@ def test_kl_matches_closed_form():
   np.testing.assert_allclose(gan.kl_loss(mu, logvar), expected, rtol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def damsm_dir(tmp_path_factory, data_dir):
-  workdir = str(tmp_path_factory.mktemp("damsm"))
-  loop.train_and_evaluate(tiny_configs.damsm_for_gan(data_dir), workdir, jax.devices()[:1])
-  return workdir
-
 
 @pytest.mark.parametrize("method", ["dmgan", "attngan"])
 def test_gan_trains_samples_and_resumes(method, damsm_dir, data_dir, tmp_path):

@@ -59,12 +59,6 @@ def test_apply_computes_in_bf16_and_returns_float32():
   assert _op_dtypes(hlo) == {('dot_general', 'bf16'): 2}
 
 
-@pytest.fixture(scope='module')
-def damsm_dir(tmp_path_factory, data_dir):
-  workdir = str(tmp_path_factory.mktemp('damsm'))
-  loop.train_and_evaluate(tiny_configs.damsm_for_gan(data_dir), workdir, jax.devices()[:1])
-  return workdir
-
 
 def test_dmgan_train_step_in_bf16(damsm_dir, data_dir, tmp_path):
   config = tiny_configs.gan('dmgan', data_dir, damsm_dir)
