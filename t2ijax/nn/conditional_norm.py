@@ -14,6 +14,10 @@ Two members of one family, both NHWC, sharing one predictor:
                           sentence embedding), a map (B, H, W, D) for spatially
                           varying deltas (SD-GAN's word-level SCBN after its
                           attention), or integer class labels.
+  SemanticConditionedBatchNorm
+                          SD-GAN's SCBN: a ConditionalBatchNorm fed by the
+                          sentence embedding (sentence level) or by a per-pixel
+                          attention read of the words (word level).
   scale_shift             the shared predictor: condition -> (scale, shift).
 
 A float condition enters a Dense on its last axis, so a (B, D) vector gives
@@ -31,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t2ijax.nn import attention
 from t2ijax.nn import torch_compat
 
 
@@ -186,3 +191,73 @@ class ConditionalBatchNorm(nn.Module):
       scale = scale + self.param('scale', nn.initializers.ones, (channels,))
       shift = shift + self.param('bias', nn.initializers.zeros, (channels,))
     return scale * x_hat + shift
+
+
+SCBN_LEVELS = ('sentence', 'word')
+
+
+class SemanticConditionedBatchNorm(nn.Module):
+  """SD-GAN's semantic-conditioned batch norm (SCBN), sentence or word level.
+
+  y = (gamma + dgamma) * x_hat + (beta + dbeta) with x_hat = BN(x) (batch
+  statistics in training, running averages otherwise) and the deltas a
+  1-layer Linear (f_gamma, f_beta) of:
+    sentence level: the sentence embedding s (B, D), so dgamma, dbeta are
+      per channel, broadcast over H and W;
+    word level: the visual-semantic embedding of every pixel, i.e. AttnGAN's
+      word attention read at x: the words projected to C channels by a
+      bias-free perceptron (`att/conv_context`), each pixel's softmax over its
+      caption's words of x_q . w_t, and the weighted sum of the projected
+      words. The Linear on this (B, H, W, C) map is a 1x1 convolution, so
+      dgamma, dbeta vary over space.
+
+  Params: `cbn/{scale,bias}` (gamma init 1, beta init 0),
+  `cbn/fc_{gamma,beta}/linear1` (the deltas; zero-initialised so the layer
+  starts as plain BN), word level also `att/conv_context`; batch_stats under
+  `cbn/bn`.
+
+  Attributes:
+    level: 'sentence' or 'word'.
+    zero_init: the deltas' Linear starts at 0 (otherwise torch's default).
+    official_mask_bug: word level: the AttnGAN padding-mask bug (see
+      `t2ijax.nn.attention`); off by default, as SD-GAN has no checkpoint to
+      match.
+    momentum, epsilon: flax BatchNorm's (torch's defaults).
+  """
+  level: str = 'sentence'
+  zero_init: bool = True
+  official_mask_bug: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, condition: jax.Array,
+               word_mask: Optional[jax.Array] = None, *,
+               train: bool) -> jax.Array:
+    """Normalises x and modulates it by the text.
+
+    Args:
+      x: (B, H, W, C) features.
+      condition: sentence level (B, D) sentence embeddings; word level
+        (B, T, D) word features.
+      word_mask: word level: (B, T) bool, True at real words; None: all real.
+      train: BN batch statistics (apply with mutable=['batch_stats']).
+
+    Returns:
+      (B, H, W, C).
+    """
+    if self.level not in SCBN_LEVELS:
+      raise ValueError(f'SCBN level must be one of {SCBN_LEVELS}; got '
+                       f'{self.level!r}.')
+    expected_ndim = 2 if self.level == 'sentence' else 3
+    if condition.ndim != expected_ndim or condition.shape[0] != x.shape[0]:
+      want = '(B, D) sentences' if self.level == 'sentence' else '(B, T, D) words'
+      raise ValueError(f'{self.level}-level SCBN takes {want} with B = '
+                       f'{x.shape[0]}; got {condition.shape}.')
+    if self.level == 'word':
+      condition, _ = attention.WordAttention(
+          self.official_mask_bug, name='att')(x, condition, word_mask)
+    return ConditionalBatchNorm(
+        hidden_features=0, use_base_affine=True, zero_init=self.zero_init,
+        momentum=self.momentum, epsilon=self.epsilon, name='cbn')(
+            x, condition, train=train)
