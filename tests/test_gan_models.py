@@ -8,7 +8,6 @@ of GlobalAttentionGeneral (§3.2 step 1, §3.3) in torch.
 
 import functools
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +19,7 @@ from t2ijax.models import dmgan
 from t2ijax.nn import attention
 from t2ijax.nn import layers
 from t2ijax.nn import spectral_norm
+from tests import param_trees
 
 # (ngf, ndf, r_num) of the released configs.
 ATTNGAN_CUB = dict(ngf=32, ndf=64, r_num=2)
@@ -28,18 +28,7 @@ NEF = 256
 Z_DIM = 100
 
 
-def _key(seed):
-  # 'rbg' keys compile much faster than threefry on XLA:CPU.
-  return jax.random.key(seed, impl='rbg')
 
-
-def _count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
-
-
-def _flat_shapes(tree) -> dict:
-  return {path: tuple(x.shape) for path, x in
-          flax.traverse_util.flatten_dict(tree, sep='/').items()}
 
 
 def _generator_inputs(batch, num_words, nef=NEF, z_dim=Z_DIM, lengths=None):
@@ -56,13 +45,13 @@ def _abstract_generator(generator, batch=2, num_words=18):
   """eval_shape of init_with_output: (outputs, variables) as shapes."""
   inputs = _generator_inputs(batch, num_words)
   return jax.eval_shape(
-      lambda: generator.init_with_output(_key(0), *inputs, ca_key=_key(1)))
+      lambda: generator.init_with_output(param_trees.key(0), *inputs, ca_key=param_trees.key(1)))
 
 
 def _abstract_discriminator(discriminator, batch=2):
   size = discriminator.image_size
   return jax.eval_shape(lambda: discriminator.init_with_output(
-      _key(0), jnp.zeros((batch, size, size, 3)), jnp.zeros((batch, NEF))))
+      param_trees.key(0), jnp.zeros((batch, size, size, 3)), jnp.zeros((batch, NEF))))
 
 
 # --- Parameter counts --------------------------------------------------------
@@ -76,7 +65,7 @@ def _abstract_discriminator(discriminator, batch=2):
 ], ids=['attngan_cub', 'attngan_coco', 'dmgan_cub', 'dmgan_coco'])
 def test_generator_parameter_count(generator, expected):
   _, variables = _abstract_generator(generator)
-  assert _count(variables['params']) == expected
+  assert param_trees.count(variables['params']) == expected
 
 
 @pytest.mark.parametrize('cls, ndf, size, expected', [
@@ -94,7 +83,7 @@ def test_generator_parameter_count(generator, expected):
 def test_discriminator_parameter_count(cls, ndf, size, expected):
   _, variables = _abstract_discriminator(cls(ndf=ndf, image_size=size))
   # DM-GAN's power-iteration vectors are state, not parameters.
-  assert _count(variables['params']) == expected
+  assert param_trees.count(variables['params']) == expected
 
 
 # --- Output shapes -----------------------------------------------------------
@@ -145,8 +134,8 @@ def test_discriminator_without_uncond_head():
 
 def test_attngan_generator_parameter_paths():
   _, variables = _abstract_generator(attngan.Generator(ngf=32, r_num=2))
-  params = _flat_shapes(variables['params'])
-  stats = _flat_shapes(variables['batch_stats'])
+  params = param_trees.flat_shapes(variables['params'])
+  stats = param_trees.flat_shapes(variables['batch_stats'])
   # torch key -> (flax path, shape); kernels are the transposed torch weights.
   expected = {
       'ca_net.fc.weight': ('ca_net/fc/kernel', (256, 400)),
@@ -180,7 +169,7 @@ def test_attngan_generator_parameter_paths():
 def test_discriminator_parameter_paths():
   _, variables = _abstract_discriminator(attngan.Discriminator(
       ndf=64, image_size=256))
-  params = _flat_shapes(variables['params'])
+  params = param_trees.flat_shapes(variables['params'])
   expected = {
       'img_code_s16/conv_0/kernel': (4, 4, 3, 64),
       'img_code_s16/conv_3/kernel': (4, 4, 256, 512),
@@ -203,7 +192,7 @@ def test_discriminator_parameter_paths():
 
 def test_dmgan_parameter_paths():
   _, variables = _abstract_generator(dmgan.Generator(ngf=64, r_num=2))
-  params = _flat_shapes(variables['params'])
+  params = param_trees.flat_shapes(variables['params'])
   expected = {
       'h_net2/A/kernel': (256, 1),
       'h_net2/B/kernel': (64, 1),
@@ -224,8 +213,8 @@ def test_dmgan_parameter_paths():
   assert 'h_net2/A/bias' not in params
 
   _, variables = _abstract_discriminator(dmgan.Discriminator(image_size=256))
-  params = _flat_shapes(variables['params'])
-  spectral = _flat_shapes(variables['spectral'])
+  params = param_trees.flat_shapes(variables['params'])
+  spectral = param_trees.flat_shapes(variables['spectral'])
   assert params['img_code_s16/conv_0/kernel'] == (4, 4, 3, 32)
   assert params['img_code_s16/conv_0/bias'] == (32,)
   assert spectral['img_code_s16/conv_0/u'] == (32,)
@@ -270,7 +259,7 @@ def _attention_case(lengths, height=4, width=4, channels=8, nef=16, seed=0):
 
 def _run_word_attention(official_mask_bug, h, words, mask):
   module = attention.WordAttention(official_mask_bug=official_mask_bug)
-  variables = module.init(_key(0), h, words, mask)
+  variables = module.init(param_trees.key(0), h, words, mask)
   context, attn = module.apply(variables, h, words, mask)
   kernel = np.asarray(variables['params']['conv_context']['kernel'])
   return np.asarray(context), np.asarray(attn), kernel
@@ -336,8 +325,8 @@ def _padded_word_gradient(module, variables, h, words, mask, **kwargs):
 
   def loss(words):
     out, attn = module.apply(variables, h, words, mask, **kwargs)
-    probe_out = jax.random.normal(_key(1), out.shape)
-    probe_attn = jax.random.normal(_key(2), attn.shape)
+    probe_out = jax.random.normal(param_trees.key(1), out.shape)
+    probe_attn = jax.random.normal(param_trees.key(2), attn.shape)
     return jnp.sum(out * probe_out) + jnp.sum(attn * probe_attn)
 
   # Nonzero padding, so that any use of it would show in the gradient.
@@ -352,7 +341,7 @@ def _padded_word_gradient(module, variables, h, words, mask, **kwargs):
 ], ids=['attngan_attention', 'dmgan_memory'])
 def test_attention_ignores_padded_words(module, kwargs):
   h, words, mask = _attention_case([5, 3, 2, 1], seed=2)
-  variables = jax.jit(lambda: module.init(_key(0), h, words, mask, **kwargs))()
+  variables = jax.jit(lambda: module.init(param_trees.key(0), h, words, mask, **kwargs))()
   padded, real = _padded_word_gradient(module, variables, h, words, mask,
                                        **kwargs)
   assert np.all(padded == 0.0)
@@ -371,7 +360,7 @@ def test_conv2d_and_upsample_match_torch():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(2, 8, 8, 5)).astype(np.float32)
   conv = layers.Conv2d(7, 4, strides=2, padding=1, use_bias=True)
-  variables = conv.init(_key(0), x)
+  variables = conv.init(param_trees.key(0), x)
   kernel = np.array(variables['params']['kernel'])
   bias = np.array(variables['params']['bias'])
   expected = torch.nn.functional.conv2d(
@@ -397,7 +386,7 @@ def test_init_stage_matches_torch_description():
   channels, batch = 32, 4
   code = np.random.default_rng(4).normal(size=(batch, 12)).astype(np.float32)
   stage = attngan.InitStage(channels)
-  variables = jax.jit(lambda: stage.init(_key(0), code, train=False))()
+  variables = jax.jit(lambda: stage.init(param_trees.key(0), code, train=False))()
   out, _ = jax.jit(functools.partial(
       stage.apply, train=True, mutable=['batch_stats']))(variables, code)
   params = jax.tree_util.tree_map(lambda x: torch.from_numpy(np.array(x)),
@@ -427,14 +416,14 @@ def test_glu_and_conditioning_augmentation():
                              [[1.0 * 0.5, 2.0 * jax.nn.sigmoid(-1.0)]],
                              rtol=1e-6)
   ca = layers.ConditioningAugmentation(condition_dim=3)
-  sentence = jax.random.normal(_key(0), (2, 16))
-  noise = jax.random.normal(_key(1), (2, 3))
-  variables = ca.init(_key(2), sentence, noise=noise)
+  sentence = jax.random.normal(param_trees.key(0), (2, 16))
+  noise = jax.random.normal(param_trees.key(1), (2, 3))
+  variables = ca.init(param_trees.key(2), sentence, noise=noise)
   assert variables['params']['fc']['kernel'].shape == (16, 12)
   c, mu, logvar = ca.apply(variables, sentence, noise=noise)
   np.testing.assert_allclose(c, mu + jnp.exp(0.5 * logvar) * noise,
                              rtol=1e-6)
-  c_key, _, _ = ca.apply(variables, sentence, key=_key(3))
+  c_key, _, _ = ca.apply(variables, sentence, key=param_trees.key(3))
   assert not np.allclose(c_key, c)
   with pytest.raises(ValueError, match='exactly one'):
     ca.apply(variables, sentence)
@@ -449,9 +438,9 @@ def test_batch_norm_uses_torch_defaults():
 
 
 def test_spectral_conv_power_iteration():
-  x = jax.random.normal(_key(0), (2, 8, 8, 3))
+  x = jax.random.normal(param_trees.key(0), (2, 8, 8, 3))
   conv = spectral_norm.SpectralConv2d(6, 3, padding=1)
-  variables = conv.init(_key(1), x)
+  variables = conv.init(param_trees.key(1), x)
   kernel = np.asarray(variables['params']['kernel'], np.float64)
   u0 = np.asarray(variables['spectral']['u'], np.float64)
   np.testing.assert_allclose(np.linalg.norm(u0), 1.0, rtol=1e-6)
@@ -492,9 +481,9 @@ def test_spectral_conv_power_iteration():
 
 
 def test_spectral_norm_passes_no_gradient_to_u():
-  x = jax.random.normal(_key(0), (3, 5))
+  x = jax.random.normal(param_trees.key(0), (3, 5))
   dense = spectral_norm.SpectralDense(4)
-  variables = dense.init(_key(1), x)
+  variables = dense.init(param_trees.key(1), x)
   grads = jax.grad(lambda v: jnp.sum(dense.apply(v, x) ** 2))(variables)
   assert np.all(np.asarray(grads['spectral']['u']) == 0.0)
   assert np.any(np.asarray(grads['params']['kernel']) != 0.0)
@@ -536,23 +525,23 @@ def test_tiny_train_step_under_jit(family, num_stages):
                                num_stages=num_stages, official_mask_bug=True)
   # The last stage's D is the largest; the others share its code.
   discriminator = family.Discriminator(ndf=4, image_size=sizes[-1], nef=nef)
-  z = jax.random.normal(_key(0), (batch, z_dim))
-  sentence = jax.random.normal(_key(1), (batch, nef))
-  words = jax.random.normal(_key(2), (batch, num_words, nef))
+  z = jax.random.normal(param_trees.key(0), (batch, z_dim))
+  sentence = jax.random.normal(param_trees.key(1), (batch, nef))
+  words = jax.random.normal(param_trees.key(2), (batch, num_words, nef))
   mask = attention.word_mask_from_lengths(jnp.array([5, 3]), num_words)
   words = words * mask[..., None]
   inputs = (z, sentence, words, mask)
   # Variables from shapes alone: compiling the inits of a 256x256 model
   # would cost more than the train step itself (init is covered above).
   g_vars = _random_variables(jax.eval_shape(
-      lambda: generator.init(_key(3), *inputs, ca_key=_key(4))))
+      lambda: generator.init(param_trees.key(3), *inputs, ca_key=param_trees.key(4))))
   d_vars = _random_variables(jax.eval_shape(lambda: discriminator.init(
-      _key(5), jnp.zeros((batch, sizes[-1], sizes[-1], 3)), sentence)))
+      param_trees.key(5), jnp.zeros((batch, sizes[-1], sizes[-1], 3)), sentence)))
   mutable = ['batch_stats', 'spectral']
 
   def generator_loss(g_params):
     out, g_state = generator.apply({**g_vars, 'params': g_params}, *inputs,
-                                   ca_key=_key(6), train=True,
+                                   ca_key=param_trees.key(6), train=True,
                                    mutable=mutable)
     logits, d_state = discriminator.apply(
         d_vars, out['images'][-1], sentence, train=True, mutable=mutable)

@@ -24,14 +24,9 @@ from t2ijax.trainers import loop
 from t2ijax.trainers import mirrorgan as mirrorgan_trainer
 from t2ijax.trainers import stream as stream_trainer
 from tests import tiny_configs
+from tests import param_trees
 
 
-def _key(seed):
-  return jax.random.key(seed, impl='rbg')
-
-
-def _count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
 # --- Generator size and names (reference §5.2) ---------------------------------
@@ -42,14 +37,14 @@ def _abstract_generator(generator, batch=2, num_words=18, nef=256):
             jnp.zeros((batch, num_words, nef)),
             jnp.ones((batch, num_words), bool))
   return jax.eval_shape(
-      lambda: generator.init_with_output(_key(0), *inputs, ca_key=_key(1)))
+      lambda: generator.init_with_output(param_trees.key(0), *inputs, ca_key=param_trees.key(1)))
 
 
 def test_generator_count_shapes_and_names_match_reference():
   out, variables = _abstract_generator(mirrorgan.Generator(ngf=32, r_num=2))
   # 7,105,392 trainable parameters [run], = AttnGAN CUB's 7,084,592 plus
   # 2 x (32*32 + 100*32 + 32 + 96*64) for conv_sentence_vis, linear, conv.
-  assert _count(variables['params']) == 7_105_392
+  assert param_trees.count(variables['params']) == 7_105_392
   assert [x.shape for x in out['images']] == [
       (2, 64, 64, 3), (2, 128, 128, 3), (2, 256, 256, 3)]
   assert [x.shape for x in out['attention_maps']] == [
@@ -125,7 +120,7 @@ def test_glam_matches_torch_description(official_mask_bug):
   words = (rng.normal(size=(batch, num_words, nef)) * mask[..., None]).astype(
       np.float32)
   module = glam.GlobalLocalAttention(official_mask_bug)
-  variables = module.init(_key(0), h, c, words, mask)
+  variables = module.init(param_trees.key(0), h, c, words, mask)
   out = module.apply(variables, h, c, words, mask)
   p = jax.tree.map(np.asarray, variables['params'])
   weights = (torch.from_numpy(p['conv_context']['kernel'].T.copy())[:, :, None, None],
@@ -159,7 +154,7 @@ def test_sentence_context_follows_the_ca_code_not_the_words():
   c = jnp.asarray(rng.normal(size=(2, 10)), jnp.float32)
   words = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
   module = glam.GlobalLocalAttention()
-  variables = module.init(_key(0), h, c, words)
+  variables = module.init(param_trees.key(0), h, c, words)
   grad = jax.grad(lambda c, w: jnp.sum(module.apply(
       variables, h, c, w)['sentence_context']), argnums=(0, 1))(c, words)
   assert float(jnp.abs(grad[0]).sum()) > 0

@@ -18,25 +18,16 @@ from t2ijax import parallel
 from t2ijax.trainers import loop
 from t2ijax.trainers import stackgan as trainer
 from tests import tiny_configs
+from tests import param_trees
 
 COCO = dict(gf_dim=192, condition_dim=128)
 
 
-def _key(seed):
-  return jax.random.key(seed, impl='rbg')
 
-
-def _count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
-
-
-def _flat_shapes(tree) -> dict:
-  return {path: tuple(x.shape) for path, x in
-          flax.traverse_util.flatten_dict(tree, sep='/').items()}
 
 
 def _abstract(module, *inputs, **kwargs):
-  return jax.eval_shape(lambda: module.init_with_output(_key(0), *inputs, **kwargs))
+  return jax.eval_shape(lambda: module.init_with_output(param_trees.key(0), *inputs, **kwargs))
 
 
 # --- networks ----------------------------------------------------------------
@@ -44,10 +35,10 @@ def _abstract(module, *inputs, **kwargs):
 
 def test_stage1_generator_matches_the_official_one():
   out, variables = _abstract(stackgan.Stage1Generator(**COCO), jnp.zeros((2, 100)),
-                             jnp.zeros((2, 1024)), ca_key=_key(1))
-  assert _count(variables['params']) == 20_020_832                 # 20.02M
+                             jnp.zeros((2, 1024)), ca_key=param_trees.key(1))
+  assert param_trees.count(variables['params']) == 20_020_832                 # 20.02M
   assert out['images'][0].shape == (2, 64, 64, 3)
-  params = _flat_shapes(variables['params'])
+  params = param_trees.flat_shapes(variables['params'])
   expected = {
       'ca_net.fc.weight (256, 1024)': ('ca_net/fc/kernel', (1024, 256)),
       'fc.0.weight (24576, 228)': ('fc/kernel', (228, 24576)),     # z (100) + c (128)
@@ -64,13 +55,13 @@ def test_stage1_generator_matches_the_official_one():
 def test_stage2_generator_matches_the_official_one():
   out, variables = _abstract(
       stackgan.Stage2Generator(**COCO, r_num=2, image_size=256),
-      jnp.zeros((2, 100)), jnp.zeros((2, 1024)), ca_key=_key(1))
+      jnp.zeros((2, 100)), jnp.zeros((2, 1024)), ca_key=param_trees.key(1))
   params = dict(variables['params'])
   stage1 = params.pop('STAGE1_G')
-  assert _count(params) == 37_130_480                             # 37.13M
-  assert _count(stage1) == 20_020_832
+  assert param_trees.count(params) == 37_130_480                             # 37.13M
+  assert param_trees.count(stage1) == 20_020_832
   assert [x.shape for x in out['images']] == [(2, 64, 64, 3), (2, 256, 256, 3)]
-  flat = _flat_shapes(params)
+  flat = param_trees.flat_shapes(params)
   expected = {
       'encoder.0.weight': ('encoder/conv_0/kernel', (3, 3, 3, 192)),
       'encoder.2.weight': ('encoder/conv_1/kernel', (4, 4, 192, 384)),
@@ -90,7 +81,7 @@ def test_stage2_generator_at_128_has_three_upblocks():
   out, variables = _abstract(
       stackgan.Stage2Generator(gf_dim=8, condition_dim=4, r_num=1, image_size=128,
                                stage1_gf_dim=8, stage1_condition_dim=4, z_dim=5),
-      jnp.zeros((2, 5)), jnp.zeros((2, 7)), ca_key=_key(1))
+      jnp.zeros((2, 5)), jnp.zeros((2, 7)), ca_key=param_trees.key(1))
   assert out['images'][1].shape == (2, 128, 128, 3)
   assert 'upsample3' in variables['params'] and 'upsample4' not in variables['params']
 
@@ -100,9 +91,9 @@ def test_stage2_generator_at_128_has_three_upblocks():
 def test_discriminators_match_the_official_ones(size, uncond, expected):
   d = stackgan.Discriminator(df_dim=96, image_size=size, use_uncond=uncond)
   out, variables = _abstract(d, jnp.zeros((2, size, size, 3)), jnp.zeros((2, 128)))
-  assert _count(variables['params']) == expected
+  assert param_trees.count(variables['params']) == expected
   assert out['code'].shape == (2, 4, 4, 768) and out['cond'].shape == (2,)
-  params = _flat_shapes(variables['params'])
+  params = param_trees.flat_shapes(variables['params'])
   # [image code (768), c (128)] -> conv3x3 (no bias) -> 4x4/4 conv with bias.
   assert params['get_cond_logits/joint_conv/kernel'] == (3, 3, 896, 768)
   assert params['get_cond_logits/out/bias'] == (1,)
@@ -121,10 +112,10 @@ def test_stage2_keeps_stage1_image_detached():
   g = stackgan.Stage2Generator(gf_dim=4, condition_dim=3, r_num=1, image_size=32,
                                stage1_gf_dim=2, stage1_condition_dim=3, z_dim=5)
   z, emb = jnp.ones((2, 5)), jnp.ones((2, 6))
-  variables = jax.jit(lambda: g.init(_key(0), z, emb, ca_key=_key(1)))()
+  variables = jax.jit(lambda: g.init(param_trees.key(0), z, emb, ca_key=param_trees.key(1)))()
 
   def final(params):
-    out = g.apply({**variables, 'params': params}, z, emb, ca_key=_key(1))
+    out = g.apply({**variables, 'params': params}, z, emb, ca_key=param_trees.key(1))
     return jnp.sum(out['images'][1])
 
   grads = jax.jit(jax.grad(final))(variables['params'])
@@ -146,10 +137,10 @@ def test_discriminator_loss_is_the_official_one():
   method.stage = 2
   d = stackgan.Discriminator(df_dim=2, condition_dim=3, image_size=64, use_uncond=True)
   method.discriminators = [d]
-  real = jax.random.uniform(_key(0), (4, 64, 64, 3), minval=-1, maxval=1)
-  fake = jax.random.uniform(_key(1), (4, 64, 64, 3), minval=-1, maxval=1)
-  cond = jax.random.normal(_key(2), (4, 3))
-  variables = d.init(_key(3), real, cond)
+  real = jax.random.uniform(param_trees.key(0), (4, 64, 64, 3), minval=-1, maxval=1)
+  fake = jax.random.uniform(param_trees.key(1), (4, 64, 64, 3), minval=-1, maxval=1)
+  cond = jax.random.normal(param_trees.key(2), (4, 3))
+  variables = d.init(param_trees.key(3), real, cond)
   loss, _ = jax.jit(method.discriminator_loss)(
       variables['params'], {'batch_stats': variables['batch_stats']}, real, fake, cond)
 
@@ -213,13 +204,6 @@ def _train_steps(config, workdir: str, num_steps: int) -> tuple[dict, object]:
   setup.checkpointer.close()
   return {k: float(v) for k, v in jax.device_get(metrics).items()}, state
 
-
-@pytest.fixture(scope='module')
-def damsm_dir(tmp_path_factory, data_dir):
-  workdir = str(tmp_path_factory.mktemp('damsm'))
-  loop.train_and_evaluate(tiny_configs.damsm_for_gan(data_dir), workdir,
-                          jax.devices()[:1])
-  return workdir
 
 
 def test_stage2_without_stage1_names_the_command(data_dir, tmp_path):
@@ -406,7 +390,7 @@ def test_stage1_equals_torch_reference():
 
   g = stackgan.Stage1Generator(gf_dim=gf, condition_dim=cdim, z_dim=z_dim)
   _, g_abstract = _abstract(g, jnp.zeros((2, z_dim)), jnp.zeros((2, text_dim)),
-                            ca_key=_key(1))
+                            ca_key=param_trees.key(1))
   out = jax.jit(lambda v: g.apply(v, z, emb, ca_noise=eps))(
       _from_torch(g_abstract, tg.state_dict()))
   np.testing.assert_allclose(out['images'][0], image, atol=2e-4)
@@ -424,7 +408,7 @@ def test_stage2_and_its_discriminator_have_the_official_keys():
   """Every flax path maps to a key of §4.10's list, with the right shape."""
   g = stackgan.Stage2Generator(gf_dim=4, condition_dim=3, r_num=2, image_size=256,
                                stage1_gf_dim=4, stage1_condition_dim=3, z_dim=5)
-  _, variables = _abstract(g, jnp.zeros((2, 5)), jnp.zeros((2, 6)), ca_key=_key(1))
+  _, variables = _abstract(g, jnp.zeros((2, 5)), jnp.zeros((2, 6)), ca_key=param_trees.key(1))
   keys = {_torch_key(tuple(p)) for (_, *p) in
           flax.traverse_util.flatten_dict(variables)}
   for key in ('STAGE1_G.ca_net.fc.weight', 'STAGE1_G.fc.0.weight',

@@ -20,31 +20,22 @@ from t2ijax import parallel
 from t2ijax.trainers import loop
 from t2ijax.trainers import stackganpp as trainer
 from tests import tiny_configs
+from tests import param_trees
 
 
-def _key(seed):
-  return jax.random.key(seed, impl='rbg')
 
-
-def _count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
-
-
-def _flat_shapes(tree) -> dict:
-  return {path: tuple(x.shape) for path, x in
-          flax.traverse_util.flatten_dict(tree, sep='/').items()}
 
 
 def _abstract_generator(generator, text_dim=1024, batch=2):
   embedding = jnp.zeros((batch, text_dim)) if generator.conditional else None
   return jax.eval_shape(lambda: generator.init_with_output(
-      _key(0), jnp.zeros((batch, generator.z_dim)), embedding, ca_key=_key(1)))
+      param_trees.key(0), jnp.zeros((batch, generator.z_dim)), embedding, ca_key=param_trees.key(1)))
 
 
 def _abstract_discriminator(d, batch=2):
   size = d.image_size
   return jax.eval_shape(lambda: d.init_with_output(
-      _key(0), jnp.zeros((batch, size, size, 3)), jnp.zeros((batch, d.ef_dim))))
+      param_trees.key(0), jnp.zeros((batch, size, size, 3)), jnp.zeros((batch, d.ef_dim))))
 
 
 # --- networks ----------------------------------------------------------------
@@ -52,12 +43,12 @@ def _abstract_discriminator(d, batch=2):
 
 def test_generator_matches_the_official_tree():
   out, variables = _abstract_generator(stackganpp.Generator())
-  assert _count(variables['params']) == 21_239_696          # reference: 21.24M
+  assert param_trees.count(variables['params']) == 21_239_696          # reference: 21.24M
   assert [x.shape for x in out['images']] == [
       (2, 64, 64, 3), (2, 128, 128, 3), (2, 256, 256, 3)]
   assert out['mu'].shape == out['logvar'].shape == (2, 128)
-  params = _flat_shapes(variables['params'])
-  stats = _flat_shapes(variables['batch_stats'])
+  params = param_trees.flat_shapes(variables['params'])
+  stats = param_trees.flat_shapes(variables['batch_stats'])
   # torch key (without 'module.') -> flax path and shape (kernels transposed).
   expected = {
       'ca_net.fc.weight (512, 1024)': ('ca_net/fc/kernel', (1024, 512)),
@@ -83,7 +74,7 @@ def test_generator_matches_the_official_tree():
 
 def test_unconditional_generator_tiles_z_instead_of_c():
   out, variables = _abstract_generator(stackganpp.Generator(conditional=False))
-  params = _flat_shapes(variables['params'])
+  params = param_trees.flat_shapes(variables['params'])
   assert 'ca_net/fc/kernel' not in params and out['mu'] is None
   assert params['h_net1/fc/kernel'] == (100, 32768)             # z alone
   assert params['h_net2/jointConv/conv/kernel'] == (3, 3, 164, 128)  # z (100) + 64
@@ -93,8 +84,8 @@ def test_unconditional_generator_tiles_z_instead_of_c():
     (64, 5_723_906), (128, 18_834_178), (256, 71_269_122)])   # 5.72M, 18.83M, 71.27M
 def test_discriminator_counts_and_paths(size, expected):
   out, variables = _abstract_discriminator(stackganpp.Discriminator(image_size=size))
-  params = _flat_shapes(variables['params'])
-  assert _count(variables['params']) == expected
+  params = param_trees.flat_shapes(variables['params'])
+  assert param_trees.count(variables['params']) == expected
   assert out['code'].shape == (2, 4, 4, 512)
   assert out['cond'].shape == out['uncond'].shape == (2,)
   # [c (128) tiled, code (512)] -> 512; 4x4/4 heads with bias.
@@ -110,7 +101,7 @@ def test_discriminator_counts_and_paths(size, expected):
 def test_unconditional_discriminator_has_only_logits():
   d = stackganpp.Discriminator(image_size=64, conditional=False)
   out, variables = jax.eval_shape(lambda: d.init_with_output(
-      _key(0), jnp.zeros((2, 64, 64, 3))))
+      param_trees.key(0), jnp.zeros((2, 64, 64, 3))))
   assert set(variables['params']) == {'img_code_s16', 'logits'}
   assert 'cond' not in out and out['uncond'].shape == (2,)
 
@@ -118,8 +109,8 @@ def test_unconditional_discriminator_has_only_logits():
 def test_condition_is_tiled_first():
   """Only the condition's channels of jointConv see the condition."""
   d = stackganpp.Discriminator(df_dim=2, ef_dim=3, image_size=64)
-  images = jax.random.normal(_key(0), (2, 64, 64, 3))
-  variables = d.init(_key(1), images, jnp.zeros((2, 3)))
+  images = jax.random.normal(param_trees.key(0), (2, 64, 64, 3))
+  variables = d.init(param_trees.key(1), images, jnp.zeros((2, 3)))
   params = jax.tree_util.tree_map(lambda x: x, variables['params'])  # a copy
   kernel = params['jointConv']['conv']['kernel']
   # Zero the first 3 input channels: the condition must stop mattering.
@@ -213,13 +204,6 @@ def _train_steps(config, workdir: str, num_steps: int) -> tuple[dict, object]:
   setup.checkpointer.close()
   return {k: float(v) for k, v in jax.device_get(metrics).items()}, state
 
-
-@pytest.fixture(scope='module')
-def damsm_dir(tmp_path_factory, data_dir):
-  workdir = str(tmp_path_factory.mktemp('damsm'))
-  loop.train_and_evaluate(tiny_configs.damsm_for_gan(data_dir), workdir,
-                          jax.devices()[:1])
-  return workdir
 
 
 def test_trains_evaluates_and_copies_ema_at_snapshots(damsm_dir, data_dir, tmp_path):
