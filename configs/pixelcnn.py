@@ -40,8 +40,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   size = 32
   c.data.source = 'shapes'
   c.data.image_sizes = (size,)
-  c.data.load_size = size          # the crop is the whole image: no resampling
-  c.data.random_flip = False       # flips swap left/right, which captions state
+  # The crop is the whole image (no resampling) and nothing is flipped: the
+  # captions state positions, and 8-bit likelihoods want the images as rendered.
+  config_base.keep_positions(c.data)
   c.data.captions_per_image = 10
   c.data.max_words = 18
   c.data.shapes.update(num_train=4000, num_test=1000, image_size=size, seed=0)

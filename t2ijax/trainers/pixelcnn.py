@@ -56,7 +56,7 @@ def _image_size(config) -> int:
   if len(sizes) != 1:
     raise errors.ConfigError(
         f'the PixelCNN models one image size, but data.image_sizes={sizes}: set '
-        'data.image_sizes=(32,) (and data.load_size to the same value so nothing is resampled)')
+        'data.image_sizes=(32,) (with data.load_size=0 nothing is resampled)')
   return int(sizes[0])
 
 
