@@ -14,16 +14,13 @@ import pytest
 
 from t2ijax import errors
 from t2ijax.models import stackgan
-from t2ijax import parallel
 from t2ijax.trainers import loop
 from t2ijax.trainers import stackgan as trainer
 from tests import tiny_configs
 from tests import param_trees
+from tests import short_runs
 
 COCO = dict(gf_dim=192, condition_dim=128)
-
-
-
 
 
 def _abstract(module, *inputs, **kwargs):
@@ -186,26 +183,6 @@ def _tiny(variant, data_dir, damsm_dir):
   return config
 
 
-def _train_steps(config, workdir: str, num_steps: int) -> tuple[dict, object]:
-  """num_steps jitted train steps, then a checkpoint; no eval or sample compile.
-
-  Returns (the last step's metrics as floats, the state).
-  """
-  setup = loop.Setup(config, workdir, jax.devices()[:1])
-  loop.write_config(config, workdir, setup.prepared.vocab)
-  state, _ = setup.init_or_restore()
-  step_fn = setup.jit_train_step()
-  batches = setup.train_batches(0, num_steps)
-  with jax.set_mesh(setup.mesh):
-    for _ in range(num_steps):
-      state, metrics = step_fn(state, parallel.global_batch(next(batches), setup.mesh))
-  setup.checkpointer.save(num_steps, state, {'next_step': num_steps, 'seed': config.seed},
-                          config)
-  setup.checkpointer.close()
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}, state
-
-
-
 def test_stage2_without_stage1_names_the_command(data_dir, tmp_path):
   config = _tiny('demo_stage2', data_dir, '')
   config.model.stage1_workdir = str(tmp_path / 'missing')
@@ -219,7 +196,7 @@ def test_two_phases(damsm_dir, data_dir, tmp_path):
   config1 = _tiny('demo', data_dir, damsm_dir)
   # Stage-I's steps without its eval; the checkpoint at its last step makes
   # the run "finished" for Stage-II.
-  metrics, state1 = _train_steps(config1, stage1_dir, config1.train.num_steps)
+  metrics, state1 = short_runs.train_steps(config1, stage1_dir, config1.train.num_steps)
   for key in ('D_loss', 'D_wrong', 'G_adv', 'kl'):
     assert np.isfinite(metrics[key]), key
 

@@ -16,14 +16,11 @@ from t2ijax import errors
 from t2ijax.losses import regularizers
 from t2ijax.models import stackganpp
 from t2ijax.trainers import gan
-from t2ijax import parallel
 from t2ijax.trainers import loop
 from t2ijax.trainers import stackganpp as trainer
 from tests import tiny_configs
 from tests import param_trees
-
-
-
+from tests import short_runs
 
 
 def _abstract_generator(generator, text_dim=1024, batch=2):
@@ -186,26 +183,6 @@ def _tiny(variant, data_dir, damsm_dir):
   return config
 
 
-def _train_steps(config, workdir: str, num_steps: int) -> tuple[dict, object]:
-  """num_steps jitted train steps, then a checkpoint; no eval or sample compile.
-
-  Returns (the last step's metrics as floats, the state).
-  """
-  setup = loop.Setup(config, workdir, jax.devices()[:1])
-  loop.write_config(config, workdir, setup.prepared.vocab)
-  state, _ = setup.init_or_restore()
-  step_fn = setup.jit_train_step()
-  batches = setup.train_batches(0, num_steps)
-  with jax.set_mesh(setup.mesh):
-    for _ in range(num_steps):
-      state, metrics = step_fn(state, parallel.global_batch(next(batches), setup.mesh))
-  setup.checkpointer.save(num_steps, state, {'next_step': num_steps, 'seed': config.seed},
-                          config)
-  setup.checkpointer.close()
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}, state
-
-
-
 def test_trains_evaluates_and_copies_ema_at_snapshots(damsm_dir, data_dir, tmp_path):
   config = _tiny('demo', data_dir, damsm_dir)
   result = loop.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
@@ -222,7 +199,7 @@ def test_trains_evaluates_and_copies_ema_at_snapshots(damsm_dir, data_dir, tmp_p
 
 def test_unconditional_trains_with_color_consistency(damsm_dir, data_dir, tmp_path):
   config = _tiny('demo_unconditional', data_dir, damsm_dir)
-  metrics, state = _train_steps(config, str(tmp_path), 2)
+  metrics, state = short_runs.train_steps(config, str(tmp_path), 2)
   assert 'kl' not in metrics and 'D0_wrong' not in metrics
   for key in ('D0_loss', 'D1_loss', 'G_loss', 'color_mu1', 'color_cov1'):
     assert np.isfinite(metrics[key]), key
