@@ -74,6 +74,66 @@ class Checkpointer:
     self.manager.close()
 
 
+def read_run_config(workdir: str, missing_message: str) -> ml_collections.ConfigDict:
+  """The config.json of a finished run, or a CheckpointError with `missing_message`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise errors.CheckpointError(missing_message)
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def check_run_vocab(workdir: str, vocab, what: str, flag: str, source: str) -> None:
+  """Raises unless the run in `workdir` used `vocab` (no-op without either).
+
+  Its word ids would index another vocabulary's words. `what` names the run
+  ('the DAMSM'), `flag` the config field that points at it, `source` its data.
+  """
+  from t2ijax.data import text  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "vocab.json")
+  if vocab is None or not os.path.exists(path):
+    return
+  with open(path) as f:
+    run_vocab = text.Vocab.from_json(f.read())
+  if run_vocab.fingerprint() != vocab.fingerprint():
+    raise errors.CheckpointError(
+        f"{what} in {workdir} was trained with another vocabulary ({len(run_vocab)} "
+        f"words) than this data set's ({len(vocab)} words): pretrain it on the same "
+        f"data source ({source!r} there) and captions, or point --config.{flag} at a "
+        "matching run")
+
+
+def restore_on_one_device(workdir: str, init_state,
+                          missing_message: str | None = None) -> tuple[Any, dict]:
+  """The latest checkpoint of a finished run, laid out as `init_state` makes it.
+
+  For reading another run's networks (a frozen DAMSM, STREAM, Stage-I G, ...):
+  restored onto this process's first device whatever mesh it was saved from,
+  so the caller fetches only the nets it needs.
+
+  Args:
+    workdir: the run's directory.
+    init_state: rng -> the method's TrainState (only its shapes are used).
+    missing_message: the CheckpointError text when the run has no checkpoint
+      yet (default: the Checkpointer's).
+
+  Returns:
+    (state, data position).
+  """
+  abstract = jax.eval_shape(init_state, jax.random.key(0))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract)
+  checkpointer = Checkpointer(workdir, use_async=False)
+  try:
+    if missing_message and checkpointer.latest_step() is None:
+      raise errors.CheckpointError(missing_message)
+    state, position, _ = checkpointer.restore(abstract)
+  finally:
+    checkpointer.close()
+  return state, position
+
+
 def abstract_like(tree, shardings) -> Any:
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

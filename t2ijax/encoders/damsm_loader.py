@@ -12,8 +12,6 @@ import jax
 import ml_collections
 
 from t2ijax import checkpoint as ckpt_lib
-from t2ijax import errors
-from t2ijax.data import text
 
 
 @dataclasses.dataclass
@@ -33,35 +31,14 @@ class FrozenDamsm:
 def load(workdir: str, vocab=None) -> FrozenDamsm:
   """The DAMSM of `workdir`; `vocab` (the GAN data's) must be the one it was trained on."""
   from t2ijax.trainers import damsm as damsm_trainer
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise errors.CheckpointError(
-        f"no DAMSM run in {workdir} (config.json missing): pretrain one with "
-        "python -m t2ijax.main --config=configs/damsm.py:VARIANT --workdir=DIR and set "
-        "--config.damsm.workdir=DIR")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  vocab_path = os.path.join(workdir, "vocab.json")
-  if vocab is not None and os.path.exists(vocab_path):
-    with open(vocab_path) as f:
-      damsm_vocab = text.Vocab.from_json(f.read())
-    if damsm_vocab.fingerprint() != vocab.fingerprint():
-      raise errors.CheckpointError(
-          f"the DAMSM in {workdir} was trained with another vocabulary ({len(damsm_vocab)} "
-          f"words) than this data set's ({len(vocab)} words): pretrain the DAMSM on the "
-          f"same data source ({config.data.source!r} there) and captions, or point "
-          "--config.damsm.workdir at a matching run")
+  config = ckpt_lib.read_run_config(
+      workdir, f"no DAMSM run in {workdir} (config.json missing): pretrain one with "
+      "python -m t2ijax.main --config=configs/damsm.py:VARIANT --workdir=DIR and set "
+      "--config.damsm.workdir=DIR")
+  ckpt_lib.check_run_vocab(workdir, vocab, "the DAMSM", "damsm.workdir", config.data.source)
   method = damsm_trainer.DamsmMethod(config, vocab=None,
                                      num_train_examples=config.train.batch_size)
-  abstract = jax.eval_shape(method.init_state, jax.random.key(0))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          abstract)
-  checkpointer = ckpt_lib.Checkpointer(workdir, use_async=False)
-  try:
-    state, position, _ = checkpointer.restore(abstract)
-  finally:
-    checkpointer.close()
+  state, position = ckpt_lib.restore_on_one_device(workdir, method.init_state)
   text_net, image_net = jax.device_get(state.nets["text"]), jax.device_get(state.nets["image"])
   return FrozenDamsm(
       config=config, text_encoder=method.text_encoder, image_encoder=method.image_encoder,

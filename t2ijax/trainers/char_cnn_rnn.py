@@ -18,12 +18,9 @@ the device (t2ijax/encoders/char_cnn_rnn.py CharTable). The trained run's
 'text' net is what text.kind='char_cnn_rnn' loads (load_text_encoder).
 """
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -138,29 +135,17 @@ class CharCnnRnnMethod(damsm_trainer.DamsmMethod):
 
 def load_text_encoder(workdir: str) -> tuple[char_cnn_rnn.CharCnnRnn, dict]:
   """(module, params) of the text encoder of a char_cnn_rnn run in `workdir`."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise errors.CheckpointError(
-        f'no char-CNN-RNN run in {workdir} (config.json missing): train one with python -m '
-        't2ijax.main --config=configs/char_cnn_rnn.py:VARIANT --workdir=DIR and set '
-        '--config.text.char_cnn_rnn_workdir=DIR')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ckpt_lib.read_run_config(
+      workdir, f'no char-CNN-RNN run in {workdir} (config.json missing): train one with '
+      'python -m t2ijax.main --config=configs/char_cnn_rnn.py:VARIANT --workdir=DIR and set '
+      '--config.text.char_cnn_rnn_workdir=DIR')
   if config.get('method') != 'char_cnn_rnn':
     raise errors.CheckpointError(
         f'{workdir} is a {config.get("method")!r} run, not a char_cnn_rnn one; point '
         'text.char_cnn_rnn_workdir at a configs/char_cnn_rnn.py run')
   module = build_text_encoder(config.model)
   method = CharCnnRnnMethod(config, vocab=None, num_train_examples=config.train.batch_size)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          jax.eval_shape(method.init_state, jax.random.key(0)))
-  checkpointer = ckpt_lib.Checkpointer(workdir, use_async=False)
-  try:
-    if checkpointer.latest_step() is None:
-      raise errors.CheckpointError(
-          f'the char-CNN-RNN run in {workdir} has no checkpoint yet; train it first')
-    state, _, _ = checkpointer.restore(abstract)
-  finally:
-    checkpointer.close()
+  state, _ = ckpt_lib.restore_on_one_device(
+      workdir, method.init_state,
+      missing_message=f'the char-CNN-RNN run in {workdir} has no checkpoint yet; train it first')
   return module, jax.device_get(state.nets['text'].params)

@@ -297,15 +297,7 @@ class StackGan(gan.TextToImageGan):
 def load_stage1_generator(workdir: str, stage1_config, vocab):
   """(params, batch_stats) of the Stage-I G saved in workdir, on the host."""
   method = StackGan(stage1_config, vocab, stage1_config.train.batch_size)
-  abstract = jax.eval_shape(method.init_state, jax.random.key(0))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          abstract)
-  checkpointer = ckpt_lib.Checkpointer(workdir, use_async=False)
-  try:
-    state, _, _ = checkpointer.restore(abstract)
-  finally:
-    checkpointer.close()
+  state, _ = ckpt_lib.restore_on_one_device(workdir, method.init_state)
   g = jax.device_get(state.nets['G'])
   params = g.ema_params if g.ema_params != () else g.params
   return params, g.collections['batch_stats']

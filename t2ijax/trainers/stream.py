@@ -15,8 +15,6 @@ Evaluation: caption cross-entropy and token accuracy on the eval split
 """
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +25,6 @@ from absl import logging
 
 from t2ijax import checkpoint as ckpt_lib
 from t2ijax import errors
-from t2ijax.data import text
 from t2ijax.models import stream as stream_model
 from t2ijax.trainers import method as method_lib
 from t2ijax.trainers import state as state_lib
@@ -192,38 +189,17 @@ class FrozenStream:
 
 def load_frozen(workdir: str, vocab=None, variant: str = 'VARIANT') -> FrozenStream:
   """The STREAM of `workdir`; `vocab` (the GAN data's) must be the one it used."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise errors.CheckpointError(
-        f'no STREAM run in {workdir} (config.json missing): pretrain one with '
-        f'{PRETRAIN_COMMAND.format(variant=variant)} and pass '
-        '--config.stream.workdir=STREAM_DIR')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ckpt_lib.read_run_config(
+      workdir, f'no STREAM run in {workdir} (config.json missing): pretrain one with '
+      f'{PRETRAIN_COMMAND.format(variant=variant)} and pass '
+      '--config.stream.workdir=STREAM_DIR')
   if config.get('method') != 'stream':
     raise errors.CheckpointError(
         f'{workdir} is a {config.get("method")!r} run, not a STREAM run '
         f'(configs/stream.py); point --config.stream.workdir at one')
-  vocab_path = os.path.join(workdir, 'vocab.json')
-  if vocab is not None and os.path.exists(vocab_path):
-    with open(vocab_path) as f:
-      stream_vocab = text.Vocab.from_json(f.read())
-    if stream_vocab.fingerprint() != vocab.fingerprint():
-      raise errors.CheckpointError(
-          f'the STREAM in {workdir} was trained with another vocabulary '
-          f'({len(stream_vocab)} words) than this data set\'s ({len(vocab)} '
-          f'words): pretrain it on the same data source ({config.data.source!r} '
-          'there) and captions, or point --config.stream.workdir at a matching run')
+  ckpt_lib.check_run_vocab(workdir, vocab, 'the STREAM', 'stream.workdir', config.data.source)
   method = StreamMethod(config, vocab=None, num_train_examples=config.train.batch_size)
-  abstract = jax.eval_shape(method.init_state, jax.random.key(0))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-  checkpointer = ckpt_lib.Checkpointer(workdir, use_async=False)
-  try:
-    state, _, _ = checkpointer.restore(abstract)
-  finally:
-    checkpointer.close()
+  state, _ = ckpt_lib.restore_on_one_device(workdir, method.init_state)
   enc, dec = jax.device_get(state.nets['encoder']), jax.device_get(state.nets['decoder'])
   return FrozenStream(config=config, encoder=method.encoder, decoder=method.decoder,
                       encoder_variables=enc.variables(),
