@@ -252,6 +252,50 @@ class LogitsHead(nn.Module):
     return logits.reshape(-1)
 
 
+def trunk_block(features: int, kernel_size: int,
+                use_spectral_norm: bool = False) -> nn.Module:
+  """conv (4x4 stride 2, or 3x3) -> BN (or spectral norm) -> LeakyReLU(0.2)."""
+  return layers.ConvNormLeakyReLU(
+      features, kernel_size, strides=2 if kernel_size == 4 else 1, padding=1,
+      use_batch_norm=not use_spectral_norm, use_spectral_norm=use_spectral_norm)
+
+
+def add_image_trunk(module: nn.Module, ndf: int, use_spectral_norm: bool = False) -> None:
+  """Creates D's image trunk as submodules of `module`; call it from its setup.
+
+  StackGAN++'s and the AttnGAN family's discriminators share it, under the
+  official names: img_code_s16 (down 16x), then for module.image_size 128
+  img_code_s32, img_code_s32_1 and for 256 img_code_s32, img_code_s64,
+  img_code_s64_1, img_code_s64_2, all ending at (4, 4, 8 ndf).
+  """
+  sn = use_spectral_norm
+  module.img_code_s16 = DownsampleBy16(ndf, sn)
+  if module.image_size == 128:
+    module.img_code_s32 = trunk_block(16 * ndf, 4, sn)
+    module.img_code_s32_1 = trunk_block(8 * ndf, 3, sn)
+  elif module.image_size == 256:
+    module.img_code_s32 = trunk_block(16 * ndf, 4, sn)
+    module.img_code_s64 = trunk_block(32 * ndf, 4, sn)
+    module.img_code_s64_1 = trunk_block(16 * ndf, 3, sn)
+    module.img_code_s64_2 = trunk_block(8 * ndf, 3, sn)
+
+
+def encode_with_trunk(module: nn.Module, images: jax.Array, train: bool) -> jax.Array:
+  """(B, S, S, 3) images in [-1, 1] -> (B, 4, 4, 8 ndf) through `add_image_trunk`'s layers."""
+  size = module.image_size
+  if images.shape[1:] != (size, size, 3):
+    raise ValueError(f'This discriminator takes (B, {size}, {size}, 3) images; '
+                     f'got {images.shape}.')
+  x = module.img_code_s16(images, train=train)
+  if size == 128:
+    x = module.img_code_s32_1(module.img_code_s32(x, train=train), train=train)
+  elif size == 256:
+    for layer in (module.img_code_s32, module.img_code_s64, module.img_code_s64_1,
+                  module.img_code_s64_2):
+      x = layer(x, train=train)
+  return x
+
+
 class Discriminator(nn.Module):
   """D_NET64 / D_NET128 / D_NET256 with UNCOND_DNET and COND_DNET heads.
 
@@ -280,23 +324,7 @@ class Discriminator(nn.Module):
       raise ValueError(f'Discriminator image_size must be one of '
                        f'{DISCRIMINATOR_SIZES}; got {self.image_size}.')
     ndf, sn = self.ndf, self.use_spectral_norm
-    bn = not sn
-
-    def block(features, kernel_size):
-      down = kernel_size == 4
-      return layers.ConvNormLeakyReLU(
-          features, kernel_size, strides=2 if down else 1, padding=1,
-          use_batch_norm=bn, use_spectral_norm=sn)
-
-    self.img_code_s16 = DownsampleBy16(ndf, sn)
-    if self.image_size == 128:
-      self.img_code_s32 = block(16 * ndf, 4)
-      self.img_code_s32_1 = block(8 * ndf, 3)
-    elif self.image_size == 256:
-      self.img_code_s32 = block(16 * ndf, 4)
-      self.img_code_s64 = block(32 * ndf, 4)
-      self.img_code_s64_1 = block(16 * ndf, 3)
-      self.img_code_s64_2 = block(8 * ndf, 3)
+    add_image_trunk(self, ndf, sn)
     # Upper-case names, as the official state-dict keys.
     # pylint: disable=invalid-name
     if self.use_uncond:
@@ -306,18 +334,7 @@ class Discriminator(nn.Module):
 
   def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     """(B, S, S, 3) images in [-1, 1] -> (B, 4, 4, 8 * ndf) features."""
-    if images.shape[1:] != (self.image_size, self.image_size, 3):
-      raise ValueError(f'This discriminator takes (B, {self.image_size}, '
-                       f'{self.image_size}, 3) images; got {images.shape}.')
-    x = self.img_code_s16(images, train=train)
-    if self.image_size == 128:
-      x = self.img_code_s32_1(self.img_code_s32(x, train=train), train=train)
-    elif self.image_size == 256:
-      x = self.img_code_s32(x, train=train)
-      x = self.img_code_s64(x, train=train)
-      x = self.img_code_s64_1(x, train=train)
-      x = self.img_code_s64_2(x, train=train)
-    return x
+    return encode_with_trunk(self, images, train)
 
   def uncond_logits(self, features: jax.Array) -> jax.Array:
     """(B, 4, 4, 8ndf) -> (B,) unconditional logits."""

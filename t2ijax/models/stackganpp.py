@@ -176,41 +176,17 @@ class Discriminator(nn.Module):
       raise ValueError(f'Discriminator image_size must be one of '
                        f'{DISCRIMINATOR_SIZES}; got {self.image_size}.')
     ndf = self.df_dim
-
-    def block(features, kernel_size):
-      down = kernel_size == 4
-      return layers.ConvNormLeakyReLU(features, kernel_size,
-                                      strides=2 if down else 1, padding=1)
-
-    self.img_code_s16 = attngan.DownsampleBy16(ndf)
-    if self.image_size == 128:
-      self.img_code_s32 = block(16 * ndf, 4)
-      self.img_code_s32_1 = block(8 * ndf, 3)
-    elif self.image_size == 256:
-      self.img_code_s32 = block(16 * ndf, 4)
-      self.img_code_s64 = block(32 * ndf, 4)
-      self.img_code_s64_1 = block(16 * ndf, 3)
-      self.img_code_s64_2 = block(8 * ndf, 3)
+    attngan.add_image_trunk(self, ndf)
     side = attngan.BASE_SIDE
     self.logits = layers.Conv2d(1, side, strides=side, use_bias=True)
     if self.conditional:
-      self.jointConv = block(8 * ndf, 3)   # pylint: disable=invalid-name
+      self.jointConv = attngan.trunk_block(8 * ndf, 3)   # pylint: disable=invalid-name
       self.uncond_logits = layers.Conv2d(1, side, strides=side,
                                          use_bias=True)
 
   def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     """(B, S, S, 3) images in [-1, 1] -> (B, 4, 4, 8 df_dim) image code."""
-    if images.shape[1:] != (self.image_size, self.image_size, 3):
-      raise ValueError(f'This discriminator takes (B, {self.image_size}, '
-                       f'{self.image_size}, 3) images; got {images.shape}.')
-    x = self.img_code_s16(images, train=train)
-    if self.image_size == 128:
-      x = self.img_code_s32_1(self.img_code_s32(x, train=train), train=train)
-    elif self.image_size == 256:
-      for name in ('img_code_s32', 'img_code_s64', 'img_code_s64_1',
-                   'img_code_s64_2'):
-        x = getattr(self, name)(x, train=train)
-    return x
+    return attngan.encode_with_trunk(self, images, train)
 
   def cond_head(self, code: jax.Array, condition: jax.Array, *,
                   train: bool = False) -> jax.Array:
