@@ -36,8 +36,11 @@ from t2ijax import config_base
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, variant='cub')
   variant = config_args.check_choice('variant', arg.variant, ('cub', 'coco', 'demo'))
-  c = config_base.gan_config('sdgan')
-  c.model.update(ngf=32, ndf=64, r_num=2)
+  # SD-GAN's own widths and schedule are not in the reference: AttnGAN's
+  # variant, with SD-GAN's fields added.
+  c = config_base.load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), 'attngan.py'), variant)
+  c.method = 'sdgan'
   # SCBN level of the refinement stages: 'word' (per-pixel) or 'sentence'.
   c.model.refine_level = 'word'
   # Size of D's Siamese embedding (unit vectors).
@@ -47,16 +50,4 @@ def get_config(arg=None):
       contrastive_floor=0.1,     # positives pulled only down to d = floor
       contrastive_weight_g=1.0,  # on generated pairs, per stage, in G's loss
       contrastive_weight_d=1.0)  # on real pairs, per stage, in D's loss
-  c.train.batch_size = 20
-  c.train.num_epochs = 600
-  c.checkpoint.every_steps = 5000
-  c.data.source = 'cub'
-  if variant == 'coco':
-    config_base.use_coco(c, max_words=12)
-    c.model.update(ngf=48, ndf=96, r_num=3)
-    c.train.batch_size = 14
-    c.train.num_epochs = 120
-    c.loss.damsm_lambda = 50.0
-  elif variant == 'demo':
-    config_base.gan_demo(c, os.path.dirname(os.path.abspath(__file__)))
   return c
