@@ -313,9 +313,10 @@ def test_tiny_train_step_is_finite_and_contrastive_gradient_reaches_g():
     total = 0.0
     for i in range(len(method.discriminators)):
       net = state.nets[f'D{i}']
-      _, contrastive, _ = method.sd_generator_adversarial(
-          i, net.params, net.collections, out['images'][i], sentence, partner, positive)
-      total = total + contrastive
+      terms, _ = method.generator_adversarial(
+          i, net.params, net.collections, out['images'][i], sentence,
+          {'partner': partner, 'positive': positive})
+      total = total + terms[f'G{i}_contrastive']
     return total
 
   grads = _flat(jax.jit(jax.grad(contrastive_only))(g.params))

@@ -41,6 +41,23 @@ def kl_loss(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   return -0.5 * jnp.mean(1.0 + logvar - mu ** 2 - jnp.exp(logvar))
 
 
+def pretrain_if_missing(config, pretrain, run_dir: str, what: str) -> None:
+  """Trains `pretrain` (a dependency's config) into run_dir unless a finished run is there.
+
+  The dependency reads the same prepared data (data_dir) over the same mesh.
+  `damsm_loader.finished` only reads config.json and the checkpoint steps, so it
+  serves any run (DAMSM, STREAM).
+  """
+  if damsm_loader.finished(run_dir):
+    return
+  from t2ijax.trainers import loop
+  pretrain = pretrain.copy_and_resolve_references()
+  pretrain.data.data_dir = config.data.data_dir
+  pretrain.mesh = config.mesh
+  logging.info("pretraining %s into %s first", what, run_dir)
+  loop.train_and_evaluate(pretrain, run_dir)
+
+
 def _apply(module, variables, *args, method=None, compute_dtype="float32", **kwargs):
   """Applies with every non-param collection mutable; returns (out, collections).
 
@@ -91,15 +108,8 @@ class TextToImageGan(method_lib.Method):
           f"{config.method} needs a pretrained DAMSM: train one with "
           "python -m t2ijax.main --config=configs/damsm.py:VARIANT --workdir=DAMSM_DIR, then "
           "pass --config.damsm.workdir=DAMSM_DIR")
-    from t2ijax.trainers import loop
-    damsm_dir = os.path.join(workdir, "damsm")
-    config.damsm.workdir = damsm_dir
-    if not damsm_loader.finished(damsm_dir):
-      pretrain = config.damsm.pretrain.copy_and_resolve_references()
-      pretrain.data.data_dir = config.data.data_dir
-      pretrain.mesh = config.mesh
-      logging.info("pretraining a DAMSM into %s first", damsm_dir)
-      loop.train_and_evaluate(pretrain, damsm_dir)
+    config.damsm.workdir = os.path.join(workdir, "damsm")
+    pretrain_if_missing(config, config.damsm.pretrain, config.damsm.workdir, "a DAMSM")
 
   # ---- family hooks ----
   def make_generator(self):
@@ -152,9 +162,28 @@ class TextToImageGan(method_lib.Method):
     return precision.apply(self.generator, variables, z, sentence, words, mask, ca_key=key,
                            train=False, compute_dtype=dtype), {}
 
+  def step_context(self, batch) -> tuple[dict, dict]:
+    """(values the family's loss hooks share, metrics), computed once per step.
+
+    E.g. SD-GAN's Siamese pairs of the batch; none for AttnGAN.
+    """
+    del batch
+    return {}, {}
+
+  def discriminator_extra_loss(self, index, real_out, context):
+    """A family's extra D term on D's outputs for the real images: (loss, metrics)."""
+    del index, real_out, context
+    return 0.0, {}
+
+  def generator_extra_terms(self, index, fake_out, context) -> dict:
+    """A family's extra G terms on D's outputs for the fakes, by metric name."""
+    del index, fake_out, context
+    return {}
+
   def discriminator_loss(self, index, params, collections, real, fake, sentence,
-                         wrong_sentence):
-    """AttnGAN's D objective for one stage; returns (loss, (metrics, collections))."""
+                         wrong_sentence, context=None):
+    """AttnGAN's D objective for one stage (+ the family's extra term);
+    returns (loss, (metrics, collections))."""
     d, dtype = self.discriminators[index], self.compute_dtype
     variables = {"params": params, **collections}
     out_real, collections = _apply(d, variables, real, sentence, train=True, compute_dtype=dtype)
@@ -169,15 +198,20 @@ class TextToImageGan(method_lib.Method):
       loss = (real_loss + cond_real) / 2 + (fake_loss + cond_fake + cond_wrong) / 3
     else:
       loss = cond_real + (cond_fake + cond_wrong) / 2
+    extra, extra_metrics = self.discriminator_extra_loss(index, out_real, context or {})
+    loss = loss + extra
     return loss, ({f"D{index}_loss": loss, f"D{index}_real": cond_real,
-                   f"D{index}_wrong": cond_wrong}, collections)
+                   f"D{index}_wrong": cond_wrong, **extra_metrics}, collections)
 
-  def generator_adversarial(self, index, params, collections, fake, sentence):
+  def generator_adversarial(self, index, params, collections, fake, sentence, context=None):
+    """G's terms of one stage against D, by metric name (G{i}_adv and the
+    family's extra terms); returns (terms, collections)."""
     d = self.discriminators[index]
     out, collections = _apply(d, {"params": params, **collections}, fake, sentence, train=True,
                               compute_dtype=self.compute_dtype)
     loss = bce(out["cond"], 1) + (bce(out["uncond"], 1) if "uncond" in out else 0.0)
-    return loss, collections
+    terms = {f"G{index}_adv": loss, **self.generator_extra_terms(index, out, context or {})}
+    return terms, collections
 
   def generator_extra_losses(self, state, fakes, words, sentence, lengths, batch):
     """DAMSM word and sentence losses of the final image, weighted by lambda."""
@@ -203,6 +237,7 @@ class TextToImageGan(method_lib.Method):
                                             batch["wrong_caption_len"])
     z = jax.random.normal(k_z, (sentence.shape[0], self.config.model.z_dim))
     g = state.nets["G"]
+    context, metrics = self.step_context(batch)
 
     def generator(params):
       out, collections = self.generate(g, params, z, sentence, words, mask, k_ca, train=True)
@@ -210,14 +245,14 @@ class TextToImageGan(method_lib.Method):
 
     (fakes, mu, logvar), pull_back, g_collections = jax.vjp(generator, g.params, has_aux=True)
     reals = self.real_images(batch)
-    nets, metrics = dict(state.nets), {}
+    nets, metrics = dict(state.nets), dict(metrics)
     for i in range(len(self.sizes)):
       name = f"D{i}"
       d = nets[name]
       grad_fn = jax.grad(self.discriminator_loss, argnums=1, has_aux=True)
       grads, (d_metrics, d_collections) = grad_fn(
           i, d.params, d.collections, reals[i], jax.lax.stop_gradient(fakes[i]), sentence,
-          wrong_sentence)
+          wrong_sentence, context)
       nets[name] = state_lib.apply_updates(d, grads, self.txs[name], collections=d_collections)
       metrics.update(d_metrics)
 
@@ -225,10 +260,10 @@ class TextToImageGan(method_lib.Method):
       total, parts, collections = 0.0, {}, {}
       for i in range(len(self.sizes)):
         d = nets[f"D{i}"]
-        adv, collections[f"D{i}"] = self.generator_adversarial(i, d.params, d.collections,
-                                                               fakes[i], sentence)
-        parts[f"G{i}_adv"] = adv
-        total = total + adv
+        terms, collections[f"D{i}"] = self.generator_adversarial(
+            i, d.params, d.collections, fakes[i], sentence, context)
+        parts.update(terms)
+        total = total + sum(terms.values())
       extra = self.generator_extra_losses(state, fakes, words, sentence,
                                           batch["caption_len"], batch)
       parts.update(extra, kl=kl_loss(mu, logvar) * self.config.loss.kl_weight)

@@ -24,15 +24,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from t2ijax import errors
-from t2ijax.encoders import damsm_loader
-from t2ijax.models import attngan
 from t2ijax.models import mirrorgan
 from t2ijax.models import stream as stream_model
+from t2ijax.trainers import attngan as attngan_trainer
 from t2ijax.trainers import gan
-from t2ijax.trainers import sampling
 from t2ijax.trainers import state as state_lib
 from t2ijax.trainers import stream as stream_trainer
 
@@ -42,8 +39,10 @@ def _variant_hint(config) -> str:
   return config.data.source if config.data.source in ('cub', 'coco') else 'demo'
 
 
-class MirrorGan(gan.TextToImageGan):
-  """The shared GAN trainer with GLAM stages and STREAM's re-description loss."""
+class MirrorGan(attngan_trainer.AttnGan):
+  """AttnGAN's trainer with GLAM stages and STREAM's re-description loss."""
+  compute_dtypes = ('float32',)   # bfloat16 is not checked through GLAM and STREAM
+  generator_module = mirrorgan.Generator
 
   def __init__(self, config, vocab, num_train_examples):
     self.stream = stream_trainer.load_frozen(config.stream.workdir, vocab,
@@ -67,29 +66,8 @@ class MirrorGan(gan.TextToImageGan):
           'mirrorgan needs a pretrained STREAM captioner: train one with '
           + stream_trainer.PRETRAIN_COMMAND.format(variant=_variant_hint(config))
           + ', then pass --config.stream.workdir=STREAM_DIR')
-    from t2ijax.trainers import loop
-    stream_dir = os.path.join(workdir, 'stream')
-    config.stream.workdir = stream_dir
-    # damsm_loader.finished only reads config.json and the checkpoint steps.
-    if not damsm_loader.finished(stream_dir):
-      pretrain = config.stream.pretrain.copy_and_resolve_references()
-      pretrain.data.data_dir = config.data.data_dir
-      pretrain.mesh = config.mesh
-      logging.info('pretraining a STREAM into %s first', stream_dir)
-      loop.train_and_evaluate(pretrain, stream_dir)
-
-  # ---- family hooks ----
-  def make_generator(self):
-    m = self.config.model
-    return mirrorgan.Generator(
-        ngf=m.ngf, r_num=m.r_num, z_dim=m.z_dim, ncf=m.ncf, nef=m.nef,
-        num_stages=m.num_stages, official_mask_bug=m.official_mask_bug)
-
-  def make_discriminator(self, image_size):
-    m = self.config.model
-    return attngan.Discriminator(ndf=m.ndf, image_size=image_size, nef=m.nef)
-
-  sample_command = staticmethod(sampling.sample_command)
+    config.stream.workdir = os.path.join(workdir, 'stream')
+    gan.pretrain_if_missing(config, config.stream.pretrain, config.stream.workdir, 'a STREAM')
 
   # ---- the frozen STREAM travels in the state, as the DAMSM does ----
   def init_state(self, rng):

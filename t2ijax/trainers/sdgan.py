@@ -1,4 +1,8 @@
-"""SD-GAN training: AttnGAN's step with Siamese pairs and a contrastive loss.
+"""SD-GAN training: the shared GAN step with Siamese pairs and a contrastive loss.
+
+The shared trainer (`t2ijax.trainers.gan`) runs the step; SD-GAN fills in its
+hooks `step_context` (the pairs), `discriminator_extra_loss` and
+`generator_extra_terms` (the contrastive terms).
 
 Per iteration (our reading of the paper; reference/attngan_family.md §6):
   1. frozen DAMSM -> words, sentence (and the mismatched caption's sentence).
@@ -28,7 +32,6 @@ import jax.numpy as jnp
 from t2ijax.models import sdgan
 from t2ijax.trainers import gan
 from t2ijax.trainers import sampling
-from t2ijax.trainers import state as state_lib
 
 
 def contrastive_loss(a: jax.Array, b: jax.Array, positive: jax.Array,
@@ -96,94 +99,23 @@ class SdGan(gan.TextToImageGan):
     return contrastive_loss(embeddings, embeddings[partner], positive,
                             loss.contrastive_margin, loss.contrastive_floor)
 
-  def sd_discriminator_loss(self, index, params, collections, real, fake, sentence,
-                            wrong_sentence, partner, positive):
-    """AttnGAN's D objective + the contrastive loss of the real pairs."""
-    d = self.discriminators[index]
-    out_real, collections = gan._apply(d, {'params': params, **collections}, real,
-                                       sentence, train=True)
-    out_fake, collections = gan._apply(d, {'params': params, **collections}, fake,
-                                       sentence, train=True)
-    wrong, collections = gan._apply(d, {'params': params, **collections},
-                                    out_real['features'], wrong_sentence,
-                                    method=d.cond_logits, train=True)
-    cond_real = gan.bce(out_real['cond'], 1)
-    cond_fake, cond_wrong = gan.bce(out_fake['cond'], 0), gan.bce(wrong, 0)
-    real_loss, fake_loss = gan.bce(out_real['uncond'], 1), gan.bce(out_fake['uncond'], 0)
-    adversarial = (real_loss + cond_real) / 2 + (fake_loss + cond_fake + cond_wrong) / 3
-    contrastive = self._contrastive(out_real['siamese'], partner, positive)
-    loss = adversarial + self.config.loss.contrastive_weight_d * contrastive
-    return loss, ({f'D{index}_loss': loss, f'D{index}_real': cond_real,
-                   f'D{index}_wrong': cond_wrong,
-                   f'D{index}_contrastive': contrastive}, collections)
-
-  def sd_generator_adversarial(self, index, params, collections, fake, sentence,
-                               partner, positive):
-    """AttnGAN's G terms of one stage and the contrastive loss of the fake pairs."""
-    d = self.discriminators[index]
-    out, collections = gan._apply(d, {'params': params, **collections}, fake, sentence,
-                                  train=True)
-    adversarial = gan.bce(out['cond'], 1) + gan.bce(out['uncond'], 1)
-    contrastive = self._contrastive(out['siamese'], partner, positive)
-    return adversarial, contrastive, collections
-
-  def train_step(self, state, batch):
-    key = state.step_key()
-    k_z, k_ca = jax.random.split(key)
-    words, sentence, mask = self.encode_text(state, batch['caption'], batch['caption_len'])
-    _, wrong_sentence, _ = self.encode_text(state, batch['wrong_caption'],
-                                            batch['wrong_caption_len'])
+  # ---- the shared trainer's hooks: Siamese pairs and the contrastive terms ----
+  def step_context(self, batch):
     partner, positive = siamese_pairs(batch['class_id'])
-    z = jax.random.normal(k_z, (sentence.shape[0], self.config.model.z_dim))
-    g = state.nets['G']
+    return ({'partner': partner, 'positive': positive},
+            {'siamese_positive_fraction': jnp.mean(positive.astype(jnp.float32))})
 
-    def generator(params):
-      out, collections = self.generate(g, params, z, sentence, words, mask, k_ca,
-                                       train=True)
-      return (out['images'], out['mu'], out['logvar']), collections
+  def discriminator_extra_loss(self, index, real_out, context):
+    """contrastive_weight_d * the contrastive loss of the real pairs."""
+    contrastive = self._contrastive(real_out['siamese'], context['partner'],
+                                    context['positive'])
+    return (self.config.loss.contrastive_weight_d * contrastive,
+            {f'D{index}_contrastive': contrastive})
 
-    (fakes, mu, logvar), pull_back, g_collections = jax.vjp(generator, g.params,
-                                                            has_aux=True)
-    reals = self.real_images(batch)
-    nets = dict(state.nets)
-    metrics = {'siamese_positive_fraction': jnp.mean(positive.astype(jnp.float32))}
-    for i in range(len(self.sizes)):
-      name = f'D{i}'
-      d = nets[name]
-      grads, (d_metrics, d_collections) = jax.grad(
-          self.sd_discriminator_loss, argnums=1, has_aux=True)(
-              i, d.params, d.collections, reals[i], jax.lax.stop_gradient(fakes[i]),
-              sentence, wrong_sentence, partner, positive)
-      nets[name] = state_lib.apply_updates(d, grads, self.txs[name],
-                                           collections=d_collections)
-      metrics.update(d_metrics)
-
-    weight_g = self.config.loss.contrastive_weight_g
-
-    def generator_loss(fakes, mu, logvar):
-      total, parts, collections = 0.0, {}, {}
-      for i in range(len(self.sizes)):
-        d = nets[f'D{i}']
-        adv, contrastive, collections[f'D{i}'] = self.sd_generator_adversarial(
-            i, d.params, d.collections, fakes[i], sentence, partner, positive)
-        parts[f'G{i}_adv'] = adv
-        parts[f'G{i}_contrastive'] = weight_g * contrastive
-        total = total + adv + parts[f'G{i}_contrastive']
-      extra = self.generator_extra_losses(state, fakes, words, sentence,
-                                          batch['caption_len'], batch)
-      parts.update(extra, kl=gan.kl_loss(mu, logvar) * self.config.loss.kl_weight)
-      total = total + sum(extra.values()) + parts['kl']
-      return total, (parts, collections)
-
-    (g_loss, (g_parts, d_collections)), cotangents = jax.value_and_grad(
-        generator_loss, argnums=(0, 1, 2), has_aux=True)(fakes, mu, logvar)
-    (g_grads,) = pull_back(cotangents)
-    for i in range(len(self.sizes)):
-      nets[f'D{i}'] = nets[f'D{i}'].replace(collections=d_collections[f'D{i}'])
-    nets['G'] = state_lib.apply_updates(g, g_grads, self.txs['G'],
-                                        collections=g_collections,
-                                        ema_decay=self.config.optim.ema_decay)
-    metrics.update(g_parts, G_loss=g_loss)
-    return state.replace(step=state.step + 1, nets=nets), metrics
+  def generator_extra_terms(self, index, fake_out, context):
+    """contrastive_weight_g * the contrastive loss of the generated pairs."""
+    contrastive = self._contrastive(fake_out['siamese'], context['partner'],
+                                    context['positive'])
+    return {f'G{index}_contrastive': self.config.loss.contrastive_weight_g * contrastive}
 
   sample_command = staticmethod(sampling.sample_command)
