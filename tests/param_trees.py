@@ -1,7 +1,10 @@
 """Parameter-tree helpers the model tests share: counts, shapes, cheap keys."""
 
+from typing import Callable
+
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -19,3 +22,24 @@ def flat_shapes(tree) -> dict:
   """{'a/b/kernel': shape} of a nested parameter dict."""
   return {path: tuple(x.shape) for path, x in
           flax.traverse_util.flatten_dict(tree, sep='/').items()}
+
+
+def from_torch(abstract_variables, state_dict, torch_key: Callable[[tuple], str]):
+  """Flax variables from a torch state dict; every torch tensor must be used.
+
+  torch_key maps a Flax path (without the collection) to its torch key; conv
+  kernels go OIHW -> HWIO and Linear weights are transposed.
+  """
+  flat = flax.traverse_util.flatten_dict(abstract_variables)
+  used, out = set(), {}
+  for (collection, *path), leaf in flat.items():
+    key = torch_key(tuple(path))
+    tensor = state_dict[key].detach().numpy()
+    used.add(key)
+    if path[-1] == 'kernel':
+      tensor = tensor.transpose(2, 3, 1, 0) if tensor.ndim == 4 else tensor.T
+    assert tensor.shape == leaf.shape, key
+    out[(collection, *path)] = jnp.asarray(tensor)
+  left = {k for k in state_dict if not k.endswith('num_batches_tracked')} - used
+  assert not left, left
+  return flax.traverse_util.unflatten_dict(out)

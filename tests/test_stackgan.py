@@ -263,24 +263,6 @@ def _torch_key(path: tuple) -> str:
   return '.'.join(out + [_LEAF[leaf]])
 
 
-def _from_torch(abstract_variables, state_dict):
-  """Flax variables from a torch state dict; every torch tensor must be used."""
-  flat = flax.traverse_util.flatten_dict(abstract_variables)
-  used, out = set(), {}
-  for (collection, *path), leaf in flat.items():
-    key = _torch_key(tuple(path))
-    tensor = state_dict[key].detach().numpy()
-    used.add(key)
-    if path[-1] == 'kernel':
-      tensor = tensor.transpose(2, 3, 1, 0) if tensor.ndim == 4 else tensor.T
-    assert tensor.shape == leaf.shape, key
-    out[(collection, *path)] = jnp.asarray(tensor)
-  left = {k for k, v in state_dict.items()
-          if not k.endswith('num_batches_tracked')} - used
-  assert not left, left
-  return flax.traverse_util.unflatten_dict(out)
-
-
 def _torch_stage1(gf, cdim, z_dim, text_dim, ndf):
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn
@@ -369,14 +351,14 @@ def test_stage1_equals_torch_reference():
   _, g_abstract = _abstract(g, jnp.zeros((2, z_dim)), jnp.zeros((2, text_dim)),
                             ca_key=param_trees.key(1))
   out = jax.jit(lambda v: g.apply(v, z, emb, ca_noise=eps))(
-      _from_torch(g_abstract, tg.state_dict()))
+      param_trees.from_torch(g_abstract, tg.state_dict(), _torch_key))
   np.testing.assert_allclose(out['images'][0], image, atol=2e-4)
   np.testing.assert_allclose(out['mu'], mu.numpy(), atol=1e-5)
 
   d = stackgan.Discriminator(df_dim=ndf, condition_dim=cdim, image_size=64)
   _, d_abstract = _abstract(d, jnp.zeros((2, 64, 64, 3)), jnp.zeros((2, cdim)))
   d_out = jax.jit(lambda v, x, c: d.apply(v, x, c))(
-      _from_torch(d_abstract, td.state_dict()), jnp.asarray(image),
+      param_trees.from_torch(d_abstract, td.state_dict(), _torch_key), jnp.asarray(image),
       jnp.asarray(mu.numpy()))
   np.testing.assert_allclose(d_out['cond'], logits, atol=2e-4)
 

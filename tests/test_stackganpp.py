@@ -6,7 +6,6 @@ color-consistency term is checked against a numpy transcription of the
 formula in §5.5.
 """
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,24 +251,6 @@ def _torch_key(path: tuple) -> str:
   return '.'.join(out + [_LEAF[leaf]])
 
 
-def _from_torch(abstract_variables, state_dict):
-  """Flax variables from a torch state dict; every torch tensor must be used."""
-  flat = flax.traverse_util.flatten_dict(abstract_variables)
-  used, out = set(), {}
-  for (collection, *path), leaf in flat.items():
-    key = _torch_key(tuple(path))
-    tensor = state_dict[key].detach().numpy()
-    used.add(key)
-    if path[-1] == 'kernel':
-      tensor = tensor.transpose(2, 3, 1, 0) if tensor.ndim == 4 else tensor.T
-    assert tensor.shape == leaf.shape, key
-    out[(collection, *path)] = jnp.asarray(tensor)
-  left = {k for k, v in state_dict.items()
-          if not k.endswith('num_batches_tracked')} - used
-  assert not left, left
-  return flax.traverse_util.unflatten_dict(out)
-
-
 def _torch_modules():
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn
@@ -352,14 +333,14 @@ def test_generator_and_discriminator_equal_torch_reference():
   g = stackganpp.Generator(gf_dim=gf, ef_dim=ef, z_dim=z_dim, r_num=2, num_branches=2)
   _, abstract = _abstract_generator(g, text_dim)
   out = jax.jit(lambda v: g.apply(v, z, emb, ca_noise=eps))(
-      _from_torch(abstract, tg.state_dict()))
+      param_trees.from_torch(abstract, tg.state_dict(), _torch_key))
   for ours, theirs in zip(out['images'], t_images):
     np.testing.assert_allclose(ours, theirs, atol=2e-4)
 
   d = stackganpp.Discriminator(df_dim=2, ef_dim=ef, image_size=128)
   d_abstract = _abstract_discriminator(d)[1]
   d_out = jax.jit(lambda v, x, c: d.apply(v, x, c))(
-      _from_torch(d_abstract, td.state_dict()), jnp.asarray(t_images[1]),
+      param_trees.from_torch(d_abstract, td.state_dict(), _torch_key), jnp.asarray(t_images[1]),
       jnp.asarray(mu.numpy()))
   np.testing.assert_allclose(d_out['cond'], cond.numpy(), atol=2e-4)
   np.testing.assert_allclose(d_out['uncond'], uncond.numpy(), atol=2e-4)

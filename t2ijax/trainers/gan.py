@@ -58,6 +58,11 @@ def pretrain_if_missing(config, pretrain, run_dir: str, what: str) -> None:
   loop.train_and_evaluate(pretrain, run_dir)
 
 
+def apply_train(module, variables, *args, method=None, **kwargs):
+  """Train-mode apply; returns (out, the updated non-param collections)."""
+  return _apply(module, variables, *args, method=method, train=True, **kwargs)
+
+
 def _apply(module, variables, *args, method=None, compute_dtype="float32", **kwargs):
   """Applies with every non-param collection mutable; returns (out, collections).
 
@@ -128,18 +133,18 @@ class TextToImageGan(method_lib.Method):
     g_vars = self.generator.init(keys[0], jnp.zeros((b, m.z_dim)), sentence, words, mask,
                                  ca_key=keys[1], train=False)
     nets = {"G": state_lib.new_net(g_vars["params"], self.txs["G"],
-                                   collections=_collections(g_vars), ema=True)}
+                                   collections=collections_of(g_vars), ema=True)}
     for i, (size, d) in enumerate(zip(self.sizes, self.discriminators)):
       d_vars = d.init(keys[3 + i], jnp.zeros((b, size, size, 3)), sentence, train=False)
       nets[f"D{i}"] = state_lib.new_net(d_vars["params"], self.txs[f"D{i}"],
-                                        collections=_collections(d_vars))
+                                        collections=collections_of(d_vars))
     # The frozen encoders travel in the state (and checkpoints); weights come
     # from the DAMSM run in load_pretrained.
     nets["text_encoder"] = state_lib.new_net(
         jax.tree.map(jnp.asarray, self.damsm.text_variables["params"]), None)
     image_vars = jax.tree.map(jnp.asarray, self.damsm.image_variables)
     nets["image_encoder"] = state_lib.new_net(image_vars["params"], None,
-                                              collections=_collections(image_vars))
+                                              collections=collections_of(image_vars))
     return state_lib.TrainState(step=jnp.zeros((), jnp.int32),
                                 rng=jax.random.key_data(keys[2]), nets=nets)
 
@@ -383,7 +388,8 @@ class TextToImageGan(method_lib.Method):
                       [np.asarray(jax.device_get(x)) for x in images])
 
 
-def _collections(variables):
+def collections_of(variables):
+  """Every variable collection but the parameters (BatchNorm statistics, ...)."""
   return {k: v for k, v in variables.items() if k != "params"}
 
 

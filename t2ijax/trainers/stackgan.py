@@ -45,17 +45,6 @@ STAGE1_SIZE = 64
 FROZEN = 'STAGE1_G'
 
 
-def _apply_train(module, variables, *args, method=None, **kwargs):
-  """Train-mode apply that returns (out, updated batch statistics)."""
-  out, updated = module.apply(variables, *args, method=method, train=True,
-                              mutable=['batch_stats'], **kwargs)
-  return out, dict(updated)
-
-
-def _collections(variables):
-  return {k: v for k, v in variables.items() if k != 'params'}
-
-
 def step_decay(lr: float, steps_per_epoch: int, decay_epochs: int) -> optax.Schedule:
   """lr * 0.5 ** (epoch // decay_epochs), epoch = step // steps_per_epoch.
 
@@ -166,16 +155,16 @@ class StackGan(gan.TextToImageGan):
                                          jnp.zeros((b, m.ncf)), train=False)
     nets = {
         'G': state_lib.new_net(g_vars['params'], self.txs['G'],
-                               collections=_collections(g_vars),
+                               collections=gan.collections_of(g_vars),
                                ema=self.config.optim.ema_decay > 0),
         'D0': state_lib.new_net(d_vars['params'], self.txs['D0'],
-                                collections=_collections(d_vars)),
+                                collections=gan.collections_of(d_vars)),
         # The frozen DAMSM travels in the state, as in the shared trainer.
         'text_encoder': state_lib.new_net(
             jax.tree.map(jnp.asarray, self.damsm.text_variables['params']), None)}
     image_vars = jax.tree.map(jnp.asarray, self.damsm.image_variables)
     nets['image_encoder'] = state_lib.new_net(image_vars['params'], None,
-                                              collections=_collections(image_vars))
+                                              collections=gan.collections_of(image_vars))
     return state_lib.TrainState(step=jnp.zeros((), jnp.int32),
                                 rng=jax.random.key_data(k_state), nets=nets)
 
@@ -211,7 +200,7 @@ class StackGan(gan.TextToImageGan):
     if self.stage == 2:
       kwargs['stage1_train'] = train and self.config.model.stage1_bn_train
     if train:
-      return _apply_train(self.generator, variables, z, sentence, ca_key=key, **kwargs)
+      return gan.apply_train(self.generator, variables, z, sentence, ca_key=key, **kwargs)
     return self.generator.apply(variables, z, sentence, ca_key=key, train=False,
                                 **kwargs), {}
 
@@ -222,12 +211,12 @@ class StackGan(gan.TextToImageGan):
     Returns (loss, (metrics, collections)).
     """
     d = self.discriminators[0]
-    out_real, collections = _apply_train(d, {'params': params, **collections},
+    out_real, collections = gan.apply_train(d, {'params': params, **collections},
                                          real, condition)
-    out_fake, collections = _apply_train(d, {'params': params, **collections},
+    out_fake, collections = gan.apply_train(d, {'params': params, **collections},
                                          fake, condition)
     # Image i with the condition of text i + 1 (B - 1 pairs, as officially).
-    wrong, collections = _apply_train(d, {'params': params, **collections},
+    wrong, collections = gan.apply_train(d, {'params': params, **collections},
                                       out_real['code'][:-1], condition[1:],
                                       method=d.cond_head)
     real_loss, fake_loss = gan.bce(out_real['cond'], 1), gan.bce(out_fake['cond'], 0)
@@ -242,7 +231,7 @@ class StackGan(gan.TextToImageGan):
 
   def generator_adversarial(self, params, collections, fake, condition):
     d = self.discriminators[0]
-    out, collections = _apply_train(d, {'params': params, **collections}, fake,
+    out, collections = gan.apply_train(d, {'params': params, **collections}, fake,
                                     condition)
     loss = gan.bce(out['cond'], 1)
     if 'uncond' in out:

@@ -41,17 +41,6 @@ from t2ijax.trainers import sampling
 from t2ijax.trainers import state as state_lib
 
 
-def _apply_train(module, variables, *args, method=None, **kwargs):
-  """Train-mode apply that returns (out, updated batch statistics)."""
-  out, updated = module.apply(variables, *args, method=method, train=True,
-                              mutable=['batch_stats'], **kwargs)
-  return out, dict(updated)
-
-
-def _collections(variables):
-  return {k: v for k, v in variables.items() if k != 'params'}
-
-
 def ema_to_params(params, ema_params, step: jax.Array, every: int):
   """The official snapshot quirk: params := EMA when step % every == 0."""
   if every <= 0:
@@ -98,20 +87,20 @@ class StackGanPP(gan.TextToImageGan):
     g_vars = self.generator.init(keys[0], jnp.zeros((b, m.z_dim)), embedding,
                                  ca_key=keys[1], train=False)
     nets = {'G': state_lib.new_net(g_vars['params'], self.txs['G'],
-                                   collections=_collections(g_vars),
+                                   collections=gan.collections_of(g_vars),
                                    ema=self.config.optim.ema_decay > 0)}
     condition = jnp.zeros((b, m.ncf))
     for i, (size, d) in enumerate(zip(self.sizes, self.discriminators)):
       d_vars = d.init(keys[2 + i], jnp.zeros((b, size, size, 3)), condition,
                       train=False)
       nets[f'D{i}'] = state_lib.new_net(d_vars['params'], self.txs[f'D{i}'],
-                                        collections=_collections(d_vars))
+                                        collections=gan.collections_of(d_vars))
     # The frozen DAMSM travels in the state, as in the shared trainer.
     nets['text_encoder'] = state_lib.new_net(
         jax.tree.map(jnp.asarray, self.damsm.text_variables['params']), None)
     image_vars = jax.tree.map(jnp.asarray, self.damsm.image_variables)
     nets['image_encoder'] = state_lib.new_net(
-        image_vars['params'], None, collections=_collections(image_vars))
+        image_vars['params'], None, collections=gan.collections_of(image_vars))
     return state_lib.TrainState(step=jnp.zeros((), jnp.int32),
                                 rng=jax.random.key_data(k_state), nets=nets)
 
@@ -124,7 +113,7 @@ class StackGanPP(gan.TextToImageGan):
     variables = g_net.variables(params)
     embedding = sentence if self.conditional else None
     if train:
-      return _apply_train(self.generator, variables, z, embedding, ca_key=key)
+      return gan.apply_train(self.generator, variables, z, embedding, ca_key=key)
     return self.generator.apply(variables, z, embedding, ca_key=key,
                                 train=False), {}
 
@@ -137,9 +126,9 @@ class StackGanPP(gan.TextToImageGan):
     """
     d = self.discriminators[index]
     lam = self.config.loss.uncond_weight
-    out_real, collections = _apply_train(
+    out_real, collections = gan.apply_train(
         d, {'params': params, **collections}, real, condition)
-    out_fake, collections = _apply_train(
+    out_fake, collections = gan.apply_train(
         d, {'params': params, **collections}, fake, condition)
     metrics = {}
     if not self.conditional:
@@ -148,7 +137,7 @@ class StackGanPP(gan.TextToImageGan):
     else:
       # Text i with real image i + 1 (see the module docstring).
       wrong_code = jnp.roll(out_real['code'], -1, axis=0)
-      wrong, collections = _apply_train(d, {'params': params, **collections},
+      wrong, collections = gan.apply_train(d, {'params': params, **collections},
                                         wrong_code, condition, method=d.cond_head)
       real_loss = gan.bce(out_real['cond'], 1)
       wrong_loss, fake_loss = gan.bce(wrong, 0), gan.bce(out_fake['cond'], 0)
@@ -167,7 +156,7 @@ class StackGanPP(gan.TextToImageGan):
   def generator_adversarial(self, index, params, collections, fake, condition):
     """G's adversarial term against D_index; returns (loss, collections)."""
     d = self.discriminators[index]
-    out, collections = _apply_train(d, {'params': params, **collections}, fake,
+    out, collections = gan.apply_train(d, {'params': params, **collections}, fake,
                                     condition)
     if not self.conditional:
       return gan.bce(out['uncond'], 1), collections
