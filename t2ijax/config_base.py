@@ -163,6 +163,11 @@ def gan_config(method: str) -> ml_collections.ConfigDict:
   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (its GitHub release) or
   # a .msgpack from t2ijax.evaluation.features.save_inception_variables.
   c.eval.inception_weights = ""
+  # The Inception Score's classifier: "" = the ImageNet logits of the FID
+  # Inception above (COCO protocol); or a directory from python -m
+  # t2ijax.convert --kind=cub_inception --src=.../model.ckpt-5000 --dst=DIR:
+  # StackGAN's Inception fine-tuned on CUB / flowers (their IS protocol).
+  c.eval.is_classifier = ""
   # Reference statistics of real images (pytorch-fid .npz: mu, sigma), e.g.
   # from python -m t2ijax.evaluation.fid --save_stats.
   c.eval.fid_stats = ""

@@ -5,6 +5,12 @@ r"""Converts official PyTorch checkpoints into files t2ijax runs directly.
 Kinds (see t2ijax/convert/kinds.py for the stored format):
   fid_inception           pytorch-fid's pt_inception-2015-12-05-6726825d.pth
   torchvision_inception   inception_v3_google-*.pth [--num_classes=N|none]
+  cub_inception           StackGAN-inception-model's TF checkpoint, the CUB /
+                          flowers Inception Score classifier:
+                          --src=inception_finetuned_models/birds_valid299/
+                          model.ckpt-5000 (the prefix) [--num_classes=50|20,
+                          default: read from the checkpoint]; use DIR as
+                          --config.eval.is_classifier=DIR
   damsm_text              text_encoder*.pth, with --captions=captions.pickle
   damsm_image             image_encoder*.pth [--captions=captions.pickle]
   damsm                   a DAMSM run directory, usable as a GAN's
@@ -54,9 +60,12 @@ WORKDIR_KINDS = ('damsm', 'attngan_netG', 'dmgan_netG', 'dfgan_netG')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('kind', None, [
-    'fid_inception', 'torchvision_inception', 'damsm_text', 'damsm_image',
-    'damsm', 'attngan_netG', 'dmgan_netG', 'dfgan_netG'], 'What --src is.')
-flags.DEFINE_string('src', None, 'The PyTorch checkpoint (.pth) to convert.')
+    'fid_inception', 'torchvision_inception', 'cub_inception', 'damsm_text',
+    'damsm_image', 'damsm', 'attngan_netG', 'dmgan_netG', 'dfgan_netG'],
+    'What --src is.')
+flags.DEFINE_string('src', None, 'The PyTorch checkpoint (.pth) to convert; '
+                    'for cub_inception the TF checkpoint prefix '
+                    '(.../model.ckpt-5000).')
 flags.DEFINE_string('dst', None, 'Output directory (created; must be empty).')
 flags.DEFINE_string('captions', None,
                     'The data set\'s captions.pickle: the vocabulary of the '
@@ -67,7 +76,9 @@ flags.DEFINE_string('image_encoder', None,
                     'DAMSM image_encoder*.pth (netG kinds, damsm); needed for '
                     '--mode=eval and train of the written workdir.')
 flags.DEFINE_string('num_classes', 'infer',
-                    'torchvision_inception: classifier size, "infer" or "none".')
+                    'torchvision_inception: classifier size, "infer" or '
+                    '"none"; cub_inception: classes without the background '
+                    '(50 CUB, 20 flowers) or "infer".')
 flags.DEFINE_string('damsm_config', None,
                     'netG kinds: the DAMSM config for DST/damsm, PATH[:ARG]; '
                     'default: damsm.py beside --config, variant coco for COCO '

@@ -1,12 +1,16 @@
 """What each `python -m t2ijax.convert --kind=...` converts, and its file format.
 
-One function per kind turns a PyTorch state dict into Flax variables, reusing
-the per-network converters:
+One function per kind turns a PyTorch state dict (for cub_inception: a TF
+checkpoint's variables) into Flax variables, reusing the per-network
+converters:
 
   kind                    source file                         Flax model
   fid_inception           pytorch-fid pt_inception-2015-12-05-6726825d.pth
                                                               InceptionV3('fid', 1008)
   torchvision_inception   inception_v3_google-*.pth           InceptionV3('torchvision')
+  cub_inception           StackGAN-inception-model's TF       InceptionV3('tf_slim',
+                          checkpoint prefix, e.g. birds_      51 (CUB) / 21 (flowers))
+                          valid299/model.ckpt-5000
   damsm_text              DAMSM text_encoder*.pth             damsm.TextEncoder
   damsm_image             DAMSM image_encoder*.pth            damsm.ImageEncoder
   attngan_netG            AttnGAN netG / bird_AttnGAN2.pth    attngan.Generator
@@ -21,6 +25,8 @@ become runnable workdirs, see `t2ijax.convert.workdir`), a directory with:
                      (flax.serialization); loads without torch. For
                      fid_inception it is what the evaluation reads:
                      --config.eval.inception_weights=DIR/variables.msgpack;
+                     for cub_inception the directory itself is
+                     --config.eval.is_classifier=DIR;
   converted.json     {"layout": "variables", "kind", "model": the keyword
                      arguments that rebuild the Flax module, "sources": file
                      name and sha256 of each input};
@@ -40,13 +46,14 @@ import jax
 import numpy as np
 
 from t2ijax import errors
+from t2ijax.convert import tf_slim_inception
 from t2ijax.convert import torch_attngan
 from t2ijax.convert import torch_damsm
 from t2ijax.convert import torch_dfgan
 from t2ijax.convert import torch_inception
 from t2ijax.data import text
 
-INCEPTION_KINDS = ('fid_inception', 'torchvision_inception')
+INCEPTION_KINDS = ('fid_inception', 'torchvision_inception', 'cub_inception')
 DAMSM_KINDS = ('damsm_text', 'damsm_image')
 NETG_KINDS = ('attngan_netG', 'dmgan_netG', 'dfgan_netG')
 KINDS = INCEPTION_KINDS + DAMSM_KINDS + NETG_KINDS
@@ -78,6 +85,19 @@ def torchvision_inception_variables(state_dict: Mapping[str, Any],
   variables = torch_inception.inception_variables_from_state_dict(
       state_dict, 'torchvision', num_classes=num_classes)
   return variables, {'flavor': 'torchvision',
+                     'num_classes': _num_classes(variables)}
+
+
+def cub_inception_variables(checkpoint: Mapping[str, Any],
+                            num_classes: Any = tf_slim_inception.INFER):
+  """StackGAN's TF-slim IS classifier (EMA weights) -> InceptionV3('tf_slim').
+
+  num_classes counts the classes without the background class 0 (50 CUB, 20
+  flowers; 'infer' reads it from the checkpoint); the model has one more.
+  """
+  variables, _ = tf_slim_inception.variables_from_checkpoint(
+      checkpoint, num_classes)
+  return variables, {'flavor': tf_slim_inception.FLAVOR,
                      'num_classes': _num_classes(variables)}
 
 
@@ -140,6 +160,7 @@ def dfgan_netg_variables(checkpoint: Mapping[str, Any]):
 _CONVERTERS = {
     'fid_inception': fid_inception_variables,
     'torchvision_inception': torchvision_inception_variables,
+    'cub_inception': cub_inception_variables,
     'damsm_text': damsm_text_variables,
     'damsm_image': damsm_image_variables,
     'attngan_netG': attngan_netg_variables,
@@ -151,7 +172,8 @@ _CONVERTERS = {
 def convert(kind: str, state_dict: Mapping[str, Any], **options):
   """(variables, model arguments) of `kind` from a state dict.
 
-  Options: `vocab` (damsm_text), `num_classes` (torchvision_inception).
+  Options: `vocab` (damsm_text), `num_classes` (torchvision_inception,
+  cub_inception).
   """
   _check_kind(kind)
   return _CONVERTERS[kind](state_dict, **options)
@@ -194,11 +216,13 @@ def convert_file(kind: str, src: str, dst: str,
 
   Args:
     kind: one of KINDS.
-    src: the PyTorch checkpoint.
+    src: the PyTorch checkpoint; for cub_inception the TF checkpoint prefix
+      (model.ckpt-5000).
     dst: output directory; must be empty or absent.
     captions: captions.pickle: required for damsm_text (its ids), stored
       beside damsm_image when given.
-    num_classes: torchvision_inception's classifier: 'infer', None or an int.
+    num_classes: torchvision_inception's classifier: 'infer', None or an int;
+      cub_inception's classes without the background: 'infer' or an int.
   """
   _check_kind(kind)
   if os.path.isdir(dst) and os.listdir(dst):
@@ -211,8 +235,19 @@ def convert_file(kind: str, src: str, dst: str,
           'damsm_text needs --captions=captions.pickle: the encoder is '
           'useless without the vocabulary its word ids belong to.')
     options['vocab'] = vocab
-  elif kind == 'torchvision_inception':
+  elif kind in ('torchvision_inception', 'cub_inception'):
     options['num_classes'] = num_classes
+  if kind == 'cub_inception':
+    if num_classes is None:
+      raise errors.ConfigError(
+          'cub_inception is a classifier: give --num_classes as its number '
+          'of classes (50 CUB, 20 flowers) or leave it to infer.')
+    prefix = tf_slim_inception.checkpoint_prefix(src)
+    variables, model_args = convert(
+        kind, tf_slim_inception.read_checkpoint(prefix), **options)
+    sources = {'src': [file_digest(path) for path in
+                       tf_slim_inception.checkpoint_files(prefix)]}
+    return save(dst, kind, variables, model_args, sources)
   source = (torch_dfgan.load_checkpoint(src) if kind == 'dfgan_netG'
             else torch_inception.load_state_dict(src))
   variables, model_args = convert(kind, source, **options)

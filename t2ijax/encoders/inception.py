@@ -1,6 +1,7 @@
 """Inception-v3 in Flax linen, with parameter paths that mirror torchvision.
 
-One parameter layout serves two flavours that differ only in pooling:
+One parameter layout serves three flavours that differ only in pooling and
+in whether BatchNorm has a scale:
 
 * 'torchvision': torchvision's `inception_v3` blocks. The DAMSM image encoder of
   AttnGAN / DM-GAN / MirrorGAN is built on it (local features = Mixed_6e,
@@ -8,6 +9,14 @@ One parameter layout serves two flavours that differ only in pooling:
 * 'fid': pytorch-fid's port of the 2015-12-05 TensorFlow graph. Its branch pools
   in Mixed_5b..5d, Mixed_6b..6e and Mixed_7b exclude the zero padding from the
   average (TF semantics), and Mixed_7c max-pools instead of averaging.
+* 'tf_slim': the Inception-v3 of the old TF-slim library
+  (tensorflow/models inception/inception/slim), which StackGAN's Inception
+  Score classifier fine-tuned on CUB / flowers is built with. Every branch
+  pool, Mixed_7c's included, averages without the padding, and its
+  BatchNorm has no scale (slim's `batch_norm(scale=False)`): the `bn`
+  modules hold only `bias` (slim's beta) and the running statistics. The
+  converter from its TF checkpoint is `t2ijax/convert/tf_slim_inception.py`;
+  `stackgan_is_preprocess` is its input transform.
 
 Submodules carry torchvision's names (`Conv2d_1a_3x3`, `Mixed_5b/branch1x1`,
 each with a bias-free `conv` and a `bn`), so a torchvision key such as
@@ -31,7 +40,7 @@ import numpy as np
 
 from t2ijax.errors import ConfigError
 
-FLAVORS = ('torchvision', 'fid')
+FLAVORS = ('torchvision', 'fid', 'tf_slim')
 
 # torch BatchNorm2d(eps=0.001, momentum=0.1); flax's momentum is the weight of
 # the old running value, hence 0.9.
@@ -47,9 +56,19 @@ _BRANCH_POOL_BY_FLAVOR = {
                     'E_1': _AVG_WITH_PAD, 'E_2': _AVG_WITH_PAD},
     'fid': {'A': _AVG_WITHOUT_PAD, 'C': _AVG_WITHOUT_PAD,
             'E_1': _AVG_WITHOUT_PAD, 'E_2': _MAX},
+    # slim's avg_pool(3x3, stride 1, 'SAME') in every block.
+    'tf_slim': {'A': _AVG_WITHOUT_PAD, 'C': _AVG_WITHOUT_PAD,
+                'E_1': _AVG_WITHOUT_PAD, 'E_2': _AVG_WITHOUT_PAD},
 }
+# TF-slim's checkpoints have no BatchNorm gamma. The module then has no scale
+# parameter at all, rather than one the converter pins to 1: the variable
+# tree stays what the checkpoint holds (the converter's list of expected
+# names comes from the model), and no gamma can be trained by accident.
+_BN_SCALE_BY_FLAVOR = {'torchvision': True, 'fid': True, 'tf_slim': False}
 
 FID_IMAGE_SIZE = 299
+# StackGAN-inception-model resizes every image to 299x299.
+STACKGAN_IS_IMAGE_SIZE = 299
 
 
 def _pool_3x3_same(x: jax.Array, kind: str) -> jax.Array:
@@ -70,7 +89,8 @@ def _max_pool_3x3_stride2(x: jax.Array) -> jax.Array:
 class BasicConv2d(nn.Module):
   """torchvision's BasicConv2d: conv (no bias) -> BatchNorm(eps 1e-3) -> ReLU.
 
-  `padding` is torch's symmetric (pad_h, pad_w).
+  `padding` is torch's symmetric (pad_h, pad_w); `bn_scale` False drops the
+  BatchNorm scale (TF-slim).
   """
   features: int
   kernel_size: tuple[int, int]
@@ -78,6 +98,7 @@ class BasicConv2d(nn.Module):
   padding: tuple[int, int] = (0, 0)
   dtype: Any = jnp.float32
   precision: Any = None
+  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -90,7 +111,7 @@ class BasicConv2d(nn.Module):
     # Two-pass variance: E[x^2] - E[x]^2 loses digits when |mean| >> std.
     x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
                      epsilon=_BN_EPSILON, use_fast_variance=False,
-                     dtype=self.dtype, name='bn')(x)
+                     use_scale=self.bn_scale, dtype=self.dtype, name='bn')(x)
     return nn.relu(x)
 
 
@@ -100,11 +121,12 @@ class InceptionA(nn.Module):
   pool_kind: str
   dtype: Any = jnp.float32
   precision: Any = None
+  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(BasicConv2d, dtype=self.dtype,
-                             precision=self.precision)
+                             precision=self.precision, bn_scale=self.bn_scale)
     branch1x1 = conv(64, (1, 1), name='branch1x1')(x, train)
 
     branch5x5 = conv(48, (1, 1), name='branch5x5_1')(x, train)
@@ -128,11 +150,12 @@ class InceptionB(nn.Module):
   """35x35 -> 17x17 reduction (Mixed_6a): concat [3x3, 3x3dbl, max pool]."""
   dtype: Any = jnp.float32
   precision: Any = None
+  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(BasicConv2d, dtype=self.dtype,
-                             precision=self.precision)
+                             precision=self.precision, bn_scale=self.bn_scale)
     branch3x3 = conv(384, (3, 3), strides=2, name='branch3x3')(x, train)
 
     branch3x3dbl = conv(64, (1, 1), name='branch3x3dbl_1')(x, train)
@@ -154,11 +177,12 @@ class InceptionC(nn.Module):
   pool_kind: str
   dtype: Any = jnp.float32
   precision: Any = None
+  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(BasicConv2d, dtype=self.dtype,
-                             precision=self.precision)
+                             precision=self.precision, bn_scale=self.bn_scale)
     c7 = self.channels_7x7
     branch1x1 = conv(192, (1, 1), name='branch1x1')(x, train)
 
@@ -188,11 +212,12 @@ class InceptionD(nn.Module):
   """17x17 -> 8x8 reduction (Mixed_7a): concat [3x3, 7x7x3, max pool]."""
   dtype: Any = jnp.float32
   precision: Any = None
+  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(BasicConv2d, dtype=self.dtype,
-                             precision=self.precision)
+                             precision=self.precision, bn_scale=self.bn_scale)
     branch3x3 = conv(192, (1, 1), name='branch3x3_1')(x, train)
     branch3x3 = conv(320, (3, 3), strides=2,
                      name='branch3x3_2')(branch3x3, train)
@@ -217,11 +242,12 @@ class InceptionE(nn.Module):
   pool_kind: str
   dtype: Any = jnp.float32
   precision: Any = None
+  bn_scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(BasicConv2d, dtype=self.dtype,
-                             precision=self.precision)
+                             precision=self.precision, bn_scale=self.bn_scale)
     branch1x1 = conv(320, (1, 1), name='branch1x1')(x, train)
 
     branch3x3 = conv(384, (1, 1), name='branch3x3_1')(x, train)
@@ -252,9 +278,12 @@ class InceptionV3(nn.Module):
   """Inception-v3 trunk (no AuxLogits) with an optional classifier.
 
   Attributes:
-    flavor: 'torchvision' or 'fid' (pytorch-fid pooling); see the module doc.
+    flavor: 'torchvision', 'fid' (pytorch-fid pooling) or 'tf_slim' (StackGAN's
+      IS classifier); see the module doc.
     num_classes: size of the `fc` classifier (1000 torchvision ImageNet, 1008
-      for the FID / 2015-12-05 graph); None builds no classifier.
+      for the FID / 2015-12-05 graph, 51 or 21 for StackGAN's CUB or flowers
+      classifier: its classes plus a background class 0); None builds no
+      classifier.
     dtype: computation dtype; parameters stay float32.
     precision: `jax.lax.Precision` of the convs and fc. None is the backend
       default, which on recent NVIDIA GPUs may run float32 convs in TF32;
@@ -274,8 +303,9 @@ class InceptionV3(nn.Module):
     'mixed_7c': (B, 8, 8, 2048);
     'pool3': (B, 2048), the spatial mean of mixed_7c (FID features, DAMSM's
       global features);
-    'logits': (B, num_classes), only when num_classes is set. torchvision's
-      dropout before `fc` is not applied: the classifier is used frozen.
+    'logits': (B, num_classes), only when num_classes is set. The dropout
+      before `fc` (torchvision's, slim's) is not applied: the classifier is
+      used frozen.
   """
   flavor: str = 'torchvision'
   num_classes: Optional[int] = None
@@ -291,7 +321,8 @@ class InceptionV3(nn.Module):
       raise ValueError(
           f'Inception expects NHWC RGB images (B, H, W, 3); got {x.shape}.')
     pools = _BRANCH_POOL_BY_FLAVOR[self.flavor]
-    numerics = {'dtype': self.dtype, 'precision': self.precision}
+    numerics = {'dtype': self.dtype, 'precision': self.precision,
+                'bn_scale': _BN_SCALE_BY_FLAVOR[self.flavor]}
     conv = functools.partial(BasicConv2d, **numerics)
     x = x.astype(self.dtype)
 
@@ -316,7 +347,8 @@ class InceptionV3(nn.Module):
     x = InceptionE(pools['E_1'], **numerics, name='Mixed_7b')(x, train)
     x = InceptionE(pools['E_2'], **numerics, name='Mixed_7c')(x, train)
     mixed_7c = x
-    # torch's AdaptiveAvgPool2d(1) is the spatial mean at any input size.
+    # torch's AdaptiveAvgPool2d(1) (slim: a VALID average pool over the
+    # whole map) is the spatial mean at any input size.
     pool3 = jnp.mean(x, axis=(1, 2))
 
     outputs = {'mixed_6e': mixed_6e, 'mixed_7c': mixed_7c, 'pool3': pool3}
@@ -417,3 +449,39 @@ def fid_preprocess(images_0_1: jax.Array) -> jax.Array:
   """
   x = resize_bilinear_half_pixel(images_0_1, FID_IMAGE_SIZE)
   return 2 * x - 1
+
+
+def stackgan_is_preprocess(images_0_255: jax.Array) -> jax.Array:
+  """StackGAN-inception-model's input transform, for InceptionV3('tf_slim').
+
+  The official script resizes each image with `scipy.misc.imresize(img,
+  (299, 299, 3), interp='bilinear')`, i.e. PIL's bilinear resize of a uint8
+  image, which gives uint8 back, and feeds `img / 127.5 - 1`. PIL resizes
+  in two passes, width first, each rounded to uint8 (half up); so does this
+  (the order is PIL's for square outputs from square or upscaled inputs,
+  as generated images are; recent Pillow shrinks the more reduced axis
+  first when downscaling). PIL's filter is the triangle scaled by the
+  reduction when downscaling (antialiased), plain bilinear with half-pixel
+  centres when upscaling, as `jax.image.resize('linear', antialias=True)`.
+  Against Pillow 13 on random uint8 images, under 1% of the values differ,
+  by one level (PIL's fixed-point weights).
+
+  Args:
+    images_0_255: (B, H, W, 3) uint8 images, or floats in [0, 255].
+
+  Returns:
+    (B, 299, 299, 3) float32 in [-1, 1].
+  """
+  if images_0_255.ndim != 4:
+    raise ValueError(
+        f'Expected NHWC images (B, H, W, C); got {images_0_255.shape}.')
+  x = images_0_255.astype(jnp.float32)
+  batch, height, _, channels = x.shape
+  size = STACKGAN_IS_IMAGE_SIZE
+  for shape in ((batch, height, size, channels), (batch, size, size, channels)):
+    if x.shape != shape:
+      x = jax.image.resize(x, shape, 'linear', antialias=True,
+                           precision=jax.lax.Precision.HIGHEST)
+    # To uint8 as PIL does: round half up, clip.
+    x = jnp.clip(jnp.floor(x + 0.5), 0, 255)
+  return x / 127.5 - 1

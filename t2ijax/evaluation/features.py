@@ -19,6 +19,12 @@ Images are NHWC, either uint8 in [0, 255] or floats in [0, 1] (pytorch-fid's
 Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a `.pth`
 converted on load by t2ijax.convert.torch_inception), or a Flax variables file
 written by `save_inception_variables` (`.msgpack`), which loads without torch.
+
+`StackGanClassifier` is the CUB / flowers Inception Score classifier of
+StackGAN-inception-model (a directory written by `python -m t2ijax.convert
+--kind=cub_inception`) on the same batched, sharded path: its own input
+transform (`inception.stackgan_is_preprocess`) and logits without the
+background class.
 """
 
 import math
@@ -47,6 +53,12 @@ WEIGHTS_HINT = (
     f'{WEIGHTS_FILE} from pytorch-fid\'s GitHub release ({WEIGHTS_URL}) and '
     'pass its path (or a .msgpack written by '
     't2ijax.evaluation.features.save_inception_variables).')
+STACKGAN_CLASSIFIER_KIND = 'cub_inception'
+STACKGAN_CLASSIFIER_HINT = (
+    "Convert StackGAN-inception-model's fine-tuned classifier (CUB: "
+    'inception_finetuned_models/birds_valid299/model.ckpt-5000) with python '
+    f'-m t2ijax.convert --kind={STACKGAN_CLASSIFIER_KIND} --src=PREFIX '
+    '--dst=DIR and pass DIR.')
 _TORCH_SUFFIXES = ('.pth', '.pt')
 
 Outputs = dict[str, np.ndarray]
@@ -79,6 +91,24 @@ def inception_outputs(model: inception.InceptionV3) -> ApplyFn:
     out = model.apply(variables, inception.fid_preprocess(to_unit_range(images)))
     # Only what FID and IS read leaves the device; the feature maps stay.
     return {k: out[k] for k in ('pool3', 'logits') if k in out}
+
+  return fn
+
+
+def stackgan_classifier_outputs(model: inception.InceptionV3) -> ApplyFn:
+  """fn(variables, images) -> {'logits'} of StackGAN's IS classifier.
+
+  Images are uint8 [0, 255] or floats in [0, 1]. Class 0 is the background
+  class the official script drops before its softmax, so the logits returned
+  are `logits[:, 1:]`: their softmax is its predictions.
+  """
+
+  def fn(variables, images):
+    pixels = images.astype(jnp.float32)
+    if images.dtype != jnp.uint8:
+      pixels = pixels * 255.0  # floats in [0, 1]
+    out = model.apply(variables, inception.stackgan_is_preprocess(pixels))
+    return {'logits': out['logits'][:, 1:]}
 
   return fn
 
@@ -168,13 +198,9 @@ def _expected_shapes(model: inception.InceptionV3) -> dict[tuple, tuple]:
   return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
-def _check_variables(variables: Mapping[str, Any], path: str
-                     ) -> inception.InceptionV3:
-  """The FID-flavour model these variables fit, or a CheckpointError."""
-  fc = variables.get('params', {}).get('fc')
-  num_classes = None if fc is None else int(np.shape(fc['kernel'])[1])
-  model = inception.InceptionV3('fid', num_classes=num_classes,
-                                precision=jax.lax.Precision.HIGHEST)
+def _mismatches(model: inception.InceptionV3, variables: Mapping[str, Any]
+                ) -> str:
+  """'' when `variables` fit `model`, else the differences, one per line."""
   expected = _expected_shapes(model)
   found = {k: tuple(np.shape(v))
            for k, v in traverse_util.flatten_dict(variables).items()}
@@ -182,12 +208,25 @@ def _check_variables(variables: Mapping[str, Any], path: str
   problems += [f'unexpected {"/".join(k)}' for k in found if k not in expected]
   problems += [f'{"/".join(k)}: has {found[k]}, expected {s}'
                for k, s in expected.items() if k in found and found[k] != s]
+  if not problems:
+    return ''
+  shown = '\n  '.join(problems[:12])
+  more = f'\n  ... and {len(problems) - 12} more' if len(problems) > 12 else ''
+  return f'\n  {shown}{more}'
+
+
+def _check_variables(variables: Mapping[str, Any], path: str
+                     ) -> inception.InceptionV3:
+  """The FID-flavour model these variables fit, or a CheckpointError."""
+  fc = variables.get('params', {}).get('fc')
+  num_classes = None if fc is None else int(np.shape(fc['kernel'])[1])
+  model = inception.InceptionV3('fid', num_classes=num_classes,
+                                precision=jax.lax.Precision.HIGHEST)
+  problems = _mismatches(model, variables)
   if problems:
-    shown = '\n  '.join(problems[:12])
-    more = f'\n  ... and {len(problems) - 12} more' if len(problems) > 12 else ''
     raise CheckpointError(
-        f'{path!r} does not hold InceptionV3(flavor="fid") variables:\n  '
-        f'{shown}{more}\nFix: write the file with save_inception_variables from '
+        f'{path!r} does not hold InceptionV3(flavor="fid") variables:'
+        f'{problems}\nFix: write the file with save_inception_variables from '
         f'a converted {WEIGHTS_FILE}.')
   return model
 
@@ -259,6 +298,81 @@ class FidInception:
   @classmethod
   def from_file(cls, path, **kwargs) -> 'FidInception':
     model, variables = load_fid_inception(path)
+    return cls(model, variables, **kwargs)
+
+  def iterate(self, images: Iterable[np.ndarray]) -> Iterator[Outputs]:
+    return self._apply.iterate(images)
+
+  def __call__(self, images: np.ndarray) -> Outputs:
+    return self._apply(images)
+
+
+def load_stackgan_classifier(directory: Union[str, os.PathLike]
+                             ) -> tuple[inception.InceptionV3, dict[str, Any]]:
+  """StackGAN's IS classifier from a `--kind=cub_inception` directory.
+
+  The model computes in float32 at HIGHEST precision, like the FID Inception.
+
+  Raises:
+    CheckpointError: no such directory, or one that does not hold a
+      converted cub_inception (the message says how to make one).
+  """
+  directory = os.path.expanduser(os.fspath(directory))
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'No converted classifier directory at '
+                          f'{directory!r}. {STACKGAN_CLASSIFIER_HINT}')
+  from t2ijax.convert import kinds  # pylint: disable=g-import-not-at-top
+  try:
+    variables, info = kinds.load_variables(directory)
+  except CheckpointError as error:
+    raise CheckpointError(f'{error} {STACKGAN_CLASSIFIER_HINT}') from error
+  except Exception as error:  # pylint: disable=broad-except
+    # A truncated msgpack or JSON file raises its library's own errors.
+    raise CheckpointError(
+        f'{directory!r} could not be read ({type(error).__name__}: '
+        f'{error}). {STACKGAN_CLASSIFIER_HINT}') from error
+  if info.get('kind') != STACKGAN_CLASSIFIER_KIND:
+    raise CheckpointError(
+        f'{directory!r} holds a converted {info.get("kind")!r}, not the '
+        f'{STACKGAN_CLASSIFIER_KIND} classifier. {STACKGAN_CLASSIFIER_HINT}')
+  model_args = info.get('model')
+  problems = ' not a variables dict' if not isinstance(variables, dict) else ''
+  if (not isinstance(model_args, dict) or model_args.get('flavor') != 'tf_slim'
+      or not isinstance(model_args.get('num_classes'), int)
+      or set(model_args) != {'flavor', 'num_classes'}):
+    problems = ' the model is not InceptionV3(flavor="tf_slim", num_classes=N)'
+  if not problems:
+    model = inception.InceptionV3(**model_args,
+                                  precision=jax.lax.Precision.HIGHEST)
+    problems = _mismatches(model, variables)
+  if problems:
+    raise CheckpointError(
+        f'{directory!r} does not hold the classifier its {kinds.INFO_FILE} '
+        f'declares ({model_args}):{problems}\nFix: '
+        f'{STACKGAN_CLASSIFIER_HINT}')
+  return model, variables
+
+
+class StackGanClassifier:
+  """StackGAN-inception-model's classifier, batched and sharded like FID's.
+
+  `self(images)` -> {'logits': (N, classes)}, background class dropped, so
+  `inception_score.inception_score_from_logits` on them is the official
+  CUB / flowers Inception Score; `self.iterate(batches)` streams.
+  """
+
+  def __init__(self, model: inception.InceptionV3, variables: Any, *,
+               mesh: Optional[jax.sharding.Mesh] = None,
+               batch_size: int = DEFAULT_BATCH_SIZE):
+    self.model = model
+    self.num_classes = model.num_classes - 1
+    self._apply = BatchedApply(stackgan_classifier_outputs(model), variables,
+                               mesh=mesh, batch_size=batch_size)
+    self.batch_size = self._apply.batch_size
+
+  @classmethod
+  def from_directory(cls, directory, **kwargs) -> 'StackGanClassifier':
+    model, variables = load_stackgan_classifier(directory)
     return cls(model, variables, **kwargs)
 
   def iterate(self, images: Iterable[np.ndarray]) -> Iterator[Outputs]:

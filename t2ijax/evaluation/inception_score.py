@@ -10,9 +10,11 @@ the mean and the population std (np.std) of the part scores.
 Any classifier works: pass its logits (or probabilities) for the generated
 images. For COCO the papers used the ImageNet Inception of the 2015-12-05 TF
 graph, i.e. the 1008-way `logits` of `features.FidInception` here; for CUB
-they used StackGAN's Inception fine-tuned on birds (50 classes), which is a
-TF checkpoint not converted here: plug its logits in through
-`inception_score_of_batches(batches, your_logits_fn)`. Scores from different
+(and flowers) they used StackGAN's Inception fine-tuned on birds (50 classes;
+20 for flowers), converted from its TF checkpoint by `python -m
+t2ijax.convert --kind=cub_inception` and run by `features.StackGanClassifier`
+(its `logits` have the background class dropped, as the official softmax
+does; `eval.is_classifier` in the GAN evaluation). Scores from different
 classifiers are not comparable.
 """
 

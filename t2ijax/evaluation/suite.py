@@ -8,7 +8,17 @@ shapes scores (t2ijax/trainers/gan.py). Config fields (`config.eval`):
                      batches, capped by eval.num_batches).
   inception_weights  pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a
                      .msgpack from features.save_inception_variables. Empty:
-                     FID and IS are skipped, and the result says why.
+                     FID (and IS unless is_classifier is set) are skipped,
+                     and the result says why.
+  is_classifier      the classifier of the Inception Score. '' (default): the
+                     1008 ImageNet logits of the FID Inception above, the COCO
+                     protocol. A directory written by python -m t2ijax.convert
+                     --kind=cub_inception: StackGAN-inception-model's Inception
+                     fine-tuned on CUB (or flowers), the CUB protocol of
+                     StackGAN to DF-GAN (bilinear resize to 299 as
+                     scipy.misc.imresize, x / 127.5 - 1, softmax over the
+                     classes without the background). Scores of the two are
+                     not comparable.
   fid_stats          reference statistics (.npz with mu, sigma) of real images,
                      e.g. from python -m t2ijax.evaluation.fid --save_stats.
                      Empty: FID is skipped, and the result says why.
@@ -52,13 +62,22 @@ def _extractor(weights: str, batch_size: int) -> features_lib.FidInception:
   return features_lib.FidInception.from_file(weights, batch_size=batch_size)
 
 
+@functools.lru_cache(maxsize=2)
+def _is_classifier(directory: str, batch_size: int
+                   ) -> features_lib.StackGanClassifier:
+  return features_lib.StackGanClassifier.from_directory(
+      directory, batch_size=batch_size)
+
+
 class InceptionStream:
   """FID statistics and IS logits of generated images, fed batch by batch.
 
   The GAN evaluation feeds each batch as it comes off the device and keeps
-  only 2048 + 1008 numbers per image, not the images: the papers' 30,000
-  images at 256 px would be ~6 GB of uint8 on the host. Images are regrouped
-  into full Inception batches (only the last one is padded).
+  only 2048 + 1008 numbers per image (2048 + 50 with the CUB classifier),
+  not the images: the papers' 30,000 images at 256 px would be ~6 GB of
+  uint8 on the host. Images are regrouped into full Inception batches (only
+  the last one is padded); with `eval.is_classifier` set, each batch goes
+  through the FID Inception (if FID is computed) and the IS classifier.
   """
 
   def __init__(self, eval_config, limit: int | None = None):
@@ -72,10 +91,22 @@ class InceptionStream:
     self.skipped: dict[str, str] = {}
     self.limit, self.count = limit, 0
     self.stats, self.logits, self.pending = fid_lib.RunningStats(), [], []
-    self.extractor, self.reference = None, None
+    self.extractor, self.classifier, self.reference = None, None, None
     self.want_fid, self.want_is = 'fid' in names, 'is' in names
     self.weights = eval_config.get('inception_weights', '')
-    if not (self.want_fid or self.want_is):
+    self.is_classifier = eval_config.get('is_classifier', '')
+    batch_size = int(eval_config.get('inception_batch_size',
+                                     features_lib.DEFAULT_BATCH_SIZE))
+    if self.want_is and self.is_classifier:
+      try:
+        self.classifier = _is_classifier(self.is_classifier, batch_size)
+      except errors.T2IError as error:
+        self.skipped['inception_score_skipped'] = (
+            f'eval.is_classifier={self.is_classifier!r}: {error} Or set '
+            "eval.is_classifier='' for the FID Inception's ImageNet logits.")
+    # The IS reads the FID Inception's logits unless a classifier is set.
+    self.is_from_fid_inception = self.want_is and not self.is_classifier
+    if not (self.want_fid or self.is_from_fid_inception):
       return
     if not self.weights:
       self._skip(f'eval.inception_weights is not set. {features_lib.WEIGHTS_HINT}')
@@ -93,36 +124,43 @@ class InceptionStream:
         except errors.T2IError as error:
           self._skip(str(error), fid=True, inception_score=False)
     self.want_fid = self.reference is not None
-    if not (self.want_fid or self.want_is):
+    if not (self.want_fid or self.is_from_fid_inception):
       return
     try:
-      self.extractor = _extractor(self.weights, int(eval_config.get(
-          'inception_batch_size', features_lib.DEFAULT_BATCH_SIZE)))
+      self.extractor = _extractor(self.weights, batch_size)
     except errors.T2IError as error:
       self._skip(str(error))
 
   def _skip(self, reason: str, fid: bool = True, inception_score: bool = True) -> None:
+    """Records why FID and/or the IS from the FID Inception are skipped."""
     if fid and self.want_fid:
       self.skipped['fid_skipped'] = reason
-    if inception_score and self.want_is:
+    if inception_score and self.is_from_fid_inception:
       self.skipped['inception_score_skipped'] = reason
 
+  def _models(self) -> list[Any]:
+    return [m for m in (self.extractor, self.classifier) if m is not None]
+
   def _run(self, rows: np.ndarray) -> None:
-    for out in self.extractor.iterate([rows]):
-      self.stats.update(out['pool3'])
-      if 'logits' in out:
+    if self.extractor is not None:
+      for out in self.extractor.iterate([rows]):
+        self.stats.update(out['pool3'])
+        if self.is_from_fid_inception and 'logits' in out:
+          self.logits.append(out['logits'])
+    if self.classifier is not None:
+      for out in self.classifier.iterate([rows]):
         self.logits.append(out['logits'])
 
   def add(self, images: np.ndarray) -> None:
     """(B, H, W, 3) uint8 generated images (a no-op when nothing is computed)."""
-    if self.extractor is None:
+    if not self._models():
       return
     if self.limit is not None:
       images = images[:max(self.limit - self.count, 0)]
     self.count += len(images)
     self.pending.append(np.asarray(images))
     pending = sum(len(x) for x in self.pending)
-    batch = self.extractor.batch_size
+    batch = max(m.batch_size for m in self._models())
     if pending >= batch:
       rows = np.concatenate(self.pending)
       full = len(rows) - len(rows) % batch
@@ -132,7 +170,7 @@ class InceptionStream:
   def metrics(self) -> dict[str, Any]:
     """FID / IS of everything added, and the reasons for what was skipped."""
     result = dict(self.skipped)
-    if self.extractor is None:
+    if not self._models():
       return result
     if self.pending:
       self._run(np.concatenate(self.pending))
@@ -147,9 +185,10 @@ class InceptionStream:
         logging.warning('FID of %d images (< %d): the covariance is singular and '
                         'the value is biased upwards; papers use 30,000.',
                         self.stats.count, fid_lib.FEATURE_DIM)
-    if self.want_is:
+    if self.classifier is not None or self.is_from_fid_inception:
       if not self.logits:
         result['inception_score_skipped'] = (
+            'no images were given' if self.classifier is not None else
             f'the weights in {self.weights} have no fc classifier (a pytorch-fid '
             f'wrapper state dict?); use {features_lib.WEIGHTS_FILE} itself.')
       else:
