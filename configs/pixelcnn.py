@@ -55,8 +55,14 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       spatial_features=0,          # > 0: also a spatial map s = m(h)
       word_attention=False,        # caption: attend to DAMSM words per location
       class_input=arg.class_input,  # class: 'class_id' | 'attributes'
-      bottleneck=32, encoder_width=32))
-  c.optim = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999, grad_clip=1.0))
+      bottleneck=32, encoder_width=32,
+      # The gates' conditioning projections start at zero: a conditional model
+      # starts as the unconditional one (random ones trail it, issue 6).
+      zero_init_conditioning=True))
+  # conditioning_lr_scale: a factor on Adam's step for the conditioning nets and
+  # the gates' projections of the condition (the caption variant sets 0.1).
+  c.optim = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999, grad_clip=1.0,
+                                          conditioning_lr_scale=1.0))
   c.train.batch_size = 16
   c.train.num_epochs = -1
   c.train.num_steps = 300
@@ -74,6 +80,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
   if variant == 'caption':
     c.model.update(spatial_features=12, word_attention=True)
+    # Adam moves every weight by ~lr whatever its gradient, so a projection of a
+    # dense 256-d DAMSM vector shifts each gate by ~lr * |h|_1 (~25 x a bias's
+    # step; a one-hot's by ~lr) per update: noise that made the caption model
+    # trail the unconditional one at full lr (issue 6; docs/models.md).
+    c.optim.conditioning_lr_scale = 0.1
     configs_dir = os.path.dirname(os.path.abspath(__file__))
     pretrain = config_base.load_config_file(os.path.join(configs_dir, 'damsm.py'), 'demo')
     # The same captions (hence vocabulary) and image size as the PixelCNN's data.

@@ -26,7 +26,9 @@ def _model(condition='none', spatial=0, words=False):
   return model_lib.PixelCnnModel(
       condition=condition, image_size=SIZE, num_layers=5, features=12, kernel_size=3,
       first_kernel_size=5, skip_features=12, head_features=24, spatial_features=spatial,
-      word_attention=words, bottleneck=8, encoder_width=8)
+      word_attention=words, bottleneck=8, encoder_width=8,
+      # Random (not zero) conditioning projections, so conditioning moves the gates.
+      zero_init_conditioning=False)
 
 
 def _cond(condition):

@@ -46,12 +46,14 @@ def test_bits_per_dim_matches_numpy_formula():
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
 
 
-def _tiny_model(condition, spatial=0, words=False, size=8):
+def _tiny_model(condition, spatial=0, words=False, size=8, zero_init=False):
   # Widths of 4+ units per colour group, so ReLUs do not silence a whole group.
+  # zero_init=False: random conditioning projections (a perturbed start), so
+  # conditioning moves the logits at init; the default model zeroes them.
   return model_lib.PixelCnnModel(
       condition=condition, image_size=size, num_layers=2, features=12, kernel_size=3,
       first_kernel_size=3, skip_features=12, head_features=24, spatial_features=spatial,
-      word_attention=words, bottleneck=4, encoder_width=4)
+      word_attention=words, bottleneck=4, encoder_width=4, zero_init_conditioning=zero_init)
 
 
 @pytest.mark.parametrize('condition,spatial,words', [
@@ -78,6 +80,51 @@ def test_conditioning_reaches_logits(condition, spatial, words):
     # The words alone (same sentence vector) move the logits, through attention.
     c = dict(a, words=a['words'].at[:, 0].add(1.0))
     assert float(jnp.abs(logits(a) - logits(c)).mean()) > 1e-6
+
+
+def test_conditional_model_starts_as_the_unconditional_one():
+  # Zero-initialised conditioning projections: at init a caption model's logits
+  # are the unconditional model's (same key, same decoder parameters), whatever
+  # the caption; training then pulls the caption in (the projections' gradients
+  # are the condition times the gates' gradients).
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3)) * 255
+  k1, k2 = jax.random.split(jax.random.key(5))
+  cond = {'vector': jax.random.normal(k1, (2, 4)), 'words': jax.random.normal(k2, (2, 3, 4)),
+          'mask': jnp.ones((2, 3), bool)}
+  model = _tiny_model('caption', 3, True, zero_init=True)
+  variables = model.init(jax.random.key(2), x, cond)
+  assert float(jnp.abs(variables['params']['decoder']['layer_1']['v_global']['kernel']).max()) == 0
+  plain = _tiny_model('none')
+  np.testing.assert_allclose(np.asarray(model.apply(variables, x, cond)),
+                             np.asarray(plain.apply(plain.init(jax.random.key(2), x), x)),
+                             rtol=0, atol=1e-5)
+
+
+def test_conditioning_lr_scale_reaches_exactly_the_conditioning(data_dir):
+  x = jnp.zeros((2, 8, 8, 3))
+  cond = {'vector': jnp.ones((2, 4)), 'words': jnp.ones((2, 3, 4)), 'mask': jnp.ones((2, 3), bool)}
+  shapes = jax.eval_shape(_tiny_model('caption', 3, True).init, jax.random.key(0), x, cond)
+  params = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), shapes['params'])
+  labels = trainer.conditioning_labels(params)
+  assert set(jax.tree.leaves(labels['spatial'])) == {'conditioning'}
+  assert set(jax.tree.leaves(labels['words'])) == {'conditioning'}
+  layer = labels['decoder']['layer_1']
+  for name in ('v_global', 'h_global', 'v_spatial', 'h_spatial'):
+    assert set(jax.tree.leaves(layer[name])) == {'conditioning'}, name
+  for name in ('v_conv', 'h_conv', 'link', 'h_out', 'skip'):
+    assert set(jax.tree.leaves(layer[name])) == {'decoder'}, name
+  assert set(jax.tree.leaves(labels['decoder']['head_2'])) == {'decoder'}
+  # The optimizer's step: 0.1 x on the conditioning, 1 x elsewhere.
+  config = _class_config(data_dir)
+  config.optim.conditioning_lr_scale = 0.1
+  method = trainer.PixelCnn(config, vocab=None, num_train_examples=32)
+  updates, _ = jax.jit(lambda p: method.tx.update(p, method.tx.init(p), p))(params)
+  np.testing.assert_allclose(np.asarray(updates['spatial']['fc']['kernel']),
+                             0.1 * np.asarray(updates['decoder']['head_2']['kernel']).mean(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(updates['decoder']['layer_0']['h_global']['kernel']),
+                             0.1 * np.asarray(updates['decoder']['layer_0']['v_conv']['kernel'])
+                             .mean(), rtol=1e-5)
 
 
 def _class_config(data_dir):

@@ -38,6 +38,7 @@ class GatedPixelCnn(nn.Module):
   first_kernel_size: int = 7    # n of layer 1 (mask A)
   skip_features: int = 48
   head_features: int = 96
+  zero_init_conditioning: bool = True   # conditioning projections start at 0
 
   @nn.compact
   def __call__(self, x, global_cond=None, spatial_cond=None):
@@ -47,6 +48,7 @@ class GatedPixelCnn(nn.Module):
     for i in range(self.num_layers):
       n = self.first_kernel_size if i == 0 else self.kernel_size
       v, h, s = gp.GatedLayer(self.features, n, self.skip_features, first=i == 0,
+                              zero_init_conditioning=self.zero_init_conditioning,
                               name=f'layer_{i}')(v, h, global_cond, spatial_cond)
       skip = skip + s
     out = gp.masked_1x1(self.head_features, 'B', 'head_1')(nn.relu(skip))
@@ -124,13 +126,14 @@ class PixelCnnModel(nn.Module):
   word_attention: bool = False    # caption: attend to words per location
   bottleneck: int = 32            # autoencoder: m
   encoder_width: int = 32
+  zero_init_conditioning: bool = True   # starts as the unconditional model
 
   def setup(self):
     if self.condition not in CONDITIONS:
       raise ValueError(f'condition {self.condition!r} is not one of {CONDITIONS}')
     self.decoder = GatedPixelCnn(self.num_layers, self.features, self.kernel_size,
                                  self.first_kernel_size, self.skip_features,
-                                 self.head_features)
+                                 self.head_features, self.zero_init_conditioning)
     if self.condition == 'autoencoder':
       self.encoder = Encoder(self.bottleneck, self.encoder_width)
     if self.condition != 'none' and self.spatial_features > 0:

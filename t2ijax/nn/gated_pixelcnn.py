@@ -111,11 +111,12 @@ class ShiftedConv(nn.Module):
   in_layout: str = 'contiguous'
   out_layout: str = 'contiguous'
   use_bias: bool = True
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.kernel_hw
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+    kernel = self.param('kernel', self.kernel_init,
                         (kh, kw, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias else None
     kernel = masked_kernel(kernel, self.mask_type, self.in_layout, self.out_layout)
@@ -131,9 +132,11 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
 
 
 def masked_1x1(features: int, mask_type: str | None, name: str,
-               in_layout: str = 'contiguous', out_layout: str = 'contiguous') -> ShiftedConv:
+               in_layout: str = 'contiguous', out_layout: str = 'contiguous',
+               kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+               ) -> ShiftedConv:
   return ShiftedConv(features, (1, 1), mask_type=mask_type, in_layout=in_layout,
-                     out_layout=out_layout, name=name)
+                     out_layout=out_layout, kernel_init=kernel_init, name=name)
 
 
 class GatedLayer(nn.Module):
@@ -142,11 +145,19 @@ class GatedLayer(nn.Module):
   Conditioning enters both stacks' pre-activations: a global vector through a
   Dense layer (broadcast over positions) and a spatial map through an unmasked
   1x1 convolution; neither depends on the image, so neither can leak.
+
+  With zero_init_conditioning (the default) these projections start at zero, so
+  a conditional model starts as exactly its unconditional counterpart (same
+  parameter paths, same initial decoder) and conditioning only enters as far as
+  the likelihood's gradients pull it in; randomly initialised, they add a fixed
+  random, per-example offset to every gate, which the decoder must first learn
+  to ignore (a conditional model then trails the unconditional one).
   """
   features: int                 # p, divisible by 3
   kernel_size: int              # n, odd
   skip_features: int
   first: bool = False           # mask A and no residual
+  zero_init_conditioning: bool = True
 
   @nn.compact
   def __call__(self, v, h, global_cond=None, spatial_cond=None):
@@ -155,12 +166,15 @@ class GatedLayer(nn.Module):
     hv = ShiftedConv(p2, (k2, n), 'down', name='v_conv')(v)
     hh = ShiftedConv(p2, (1, k2), 'down_right', mask_type='A' if self.first else 'B',
                      out_layout='gate', name='h_conv')(h)
+    init = (nn.initializers.zeros if self.zero_init_conditioning
+            else nn.initializers.lecun_normal())
     if global_cond is not None:
-      hv = hv + nn.Dense(p2, name='v_global')(global_cond)[:, None, None, :]
-      hh = hh + nn.Dense(p2, use_bias=False, name='h_global')(global_cond)[:, None, None, :]
+      hv = hv + nn.Dense(p2, kernel_init=init, name='v_global')(global_cond)[:, None, None, :]
+      hh = hh + nn.Dense(p2, use_bias=False, kernel_init=init,
+                         name='h_global')(global_cond)[:, None, None, :]
     if spatial_cond is not None:
-      hv = hv + masked_1x1(p2, None, 'v_spatial')(spatial_cond)
-      hh = hh + masked_1x1(p2, None, 'h_spatial')(spatial_cond)
+      hv = hv + masked_1x1(p2, None, 'v_spatial', kernel_init=init)(spatial_cond)
+      hh = hh + masked_1x1(p2, None, 'h_spatial', kernel_init=init)(spatial_cond)
     # The link reads the vertical pre-activations one row up: strictly earlier rows.
     link = masked_1x1(p2, None, 'link')(shift_down(hv))
     gated = gate(hh + link)

@@ -48,7 +48,8 @@ def make_model(config) -> model_lib.PixelCnnModel:
       features=m.features, kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size,
       skip_features=m.skip_features, head_features=m.head_features,
       spatial_features=m.spatial_features, word_attention=m.word_attention,
-      bottleneck=m.bottleneck, encoder_width=m.encoder_width)
+      bottleneck=m.bottleneck, encoder_width=m.encoder_width,
+      zero_init_conditioning=m.get('zero_init_conditioning', True))
 
 
 def _image_size(config) -> int:
@@ -77,6 +78,16 @@ def _check_model_config(config) -> None:
         f"model.class_input={m.class_input!r} is not 'class_id' or 'attributes'")
 
 
+def conditioning_labels(params):
+  """'conditioning' for the conditioning nets and the gates' projections of them."""
+  def label(path, _):
+    names = [getattr(k, 'key', str(k)) for k in path]
+    cond = names[0] != 'decoder' or any(
+        n in ('v_global', 'h_global', 'v_spatial', 'h_spatial') for n in names)
+    return 'conditioning' if cond else 'decoder'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 class PixelCnn(method_lib.Method):
   """Likelihood training of the Gated (Conditional) PixelCNN."""
 
@@ -91,7 +102,13 @@ class PixelCnn(method_lib.Method):
       self.damsm = damsm_loader.load(config.damsm.workdir, vocab)
     o = config.optim
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    self.tx = optax.chain(*chain, optax.adam(o.lr, o.b1, o.b2))
+    adam = optax.adam(o.lr, o.b1, o.b2)
+    scale = o.get('conditioning_lr_scale', 1.0)
+    if scale != 1.0:
+      adam = optax.chain(adam, optax.multi_transform(
+          {'conditioning': optax.scale(scale), 'decoder': optax.identity()},
+          conditioning_labels))
+    self.tx = optax.chain(*chain, adam)
 
   @classmethod
   def prepare_run(cls, config, workdir: str) -> None:
