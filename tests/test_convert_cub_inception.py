@@ -37,6 +37,7 @@ from t2ijax.convert import tf_slim_inception
 from t2ijax.encoders import inception
 from t2ijax.evaluation import inception_score
 from t2ijax.evaluation import suite
+from tests import closeness
 
 tf = pytest.importorskip('tensorflow')
 
@@ -263,13 +264,7 @@ def classifier(converted):
   return model, variables, info, jax.jit(model.apply)
 
 
-def _assert_close(actual, expected, name, rtol=1e-4):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
-  scale = float(np.max(np.abs(expected)))
-  assert scale > 1e-3, f'{name} is (nearly) all zeros; the test is void'
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale,
-                             err_msg=name)
+_assert_close = closeness.assert_close_to_scale
 
 
 def _tree(variables):

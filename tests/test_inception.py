@@ -22,6 +22,7 @@ from t2ijax.convert import torch_inception
 from t2ijax.encoders import inception
 from t2ijax.errors import CheckpointError
 from t2ijax.errors import ConfigError
+from tests import closeness
 # pylint: enable=g-import-not-at-top
 
 # Any size >= 75 runs the same layers; 139 costs a fifth of 299's FLOPs and
@@ -224,14 +225,7 @@ def _nhwc(t):
   return np.transpose(t, (0, 2, 3, 1)) if t.ndim == 4 else t
 
 
-def _assert_close(actual, expected, name, rtol=1e-4):
-  """Elementwise closeness with an absolute floor scaled to the output."""
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
-  scale = float(np.max(np.abs(expected)))
-  assert scale > 1e-3, f'{name} is (nearly) all zeros; the test is void'
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale,
-                             err_msg=name)
+_assert_close = closeness.assert_close_to_scale
 
 
 @pytest.fixture(scope='module')

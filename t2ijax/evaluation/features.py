@@ -279,32 +279,38 @@ def save_inception_variables(path: Union[str, os.PathLike],
   return path
 
 
-class FidInception:
-  """pytorch-fid's Inception as a batched, sharded feature extractor.
+class _BatchedInception:
+  """An Inception-v3 function of uint8 images, batched and sharded over the mesh."""
 
-  `self(images)` -> {'pool3': (N, 2048) FID features, 'logits': (N, 1008)
-  when the weights have a classifier}; `self.iterate(batches)` streams.
-  """
-
-  def __init__(self, model: inception.InceptionV3, variables: Any, *,
+  def __init__(self, model: inception.InceptionV3, outputs, variables: Any, *,
                mesh: Optional[jax.sharding.Mesh] = None,
                batch_size: int = DEFAULT_BATCH_SIZE):
     self.model = model
-    self.has_logits = model.num_classes is not None
-    self._apply = BatchedApply(inception_outputs(model), variables, mesh=mesh,
-                               batch_size=batch_size)
+    self._apply = BatchedApply(outputs, variables, mesh=mesh, batch_size=batch_size)
     self.batch_size = self._apply.batch_size
-
-  @classmethod
-  def from_file(cls, path, **kwargs) -> 'FidInception':
-    model, variables = load_fid_inception(path)
-    return cls(model, variables, **kwargs)
 
   def iterate(self, images: Iterable[np.ndarray]) -> Iterator[Outputs]:
     return self._apply.iterate(images)
 
   def __call__(self, images: np.ndarray) -> Outputs:
     return self._apply(images)
+
+
+class FidInception(_BatchedInception):
+  """pytorch-fid's Inception as a batched, sharded feature extractor.
+
+  `self(images)` -> {'pool3': (N, 2048) FID features, 'logits': (N, 1008)
+  when the weights have a classifier}; `self.iterate(batches)` streams.
+  """
+
+  def __init__(self, model: inception.InceptionV3, variables: Any, **kwargs):
+    super().__init__(model, inception_outputs(model), variables, **kwargs)
+    self.has_logits = model.num_classes is not None
+
+  @classmethod
+  def from_file(cls, path, **kwargs) -> 'FidInception':
+    model, variables = load_fid_inception(path)
+    return cls(model, variables, **kwargs)
 
 
 def load_stackgan_classifier(directory: Union[str, os.PathLike]
@@ -353,7 +359,7 @@ def load_stackgan_classifier(directory: Union[str, os.PathLike]
   return model, variables
 
 
-class StackGanClassifier:
+class StackGanClassifier(_BatchedInception):
   """StackGAN-inception-model's classifier, batched and sharded like FID's.
 
   `self(images)` -> {'logits': (N, classes)}, background class dropped, so
@@ -361,22 +367,11 @@ class StackGanClassifier:
   CUB / flowers Inception Score; `self.iterate(batches)` streams.
   """
 
-  def __init__(self, model: inception.InceptionV3, variables: Any, *,
-               mesh: Optional[jax.sharding.Mesh] = None,
-               batch_size: int = DEFAULT_BATCH_SIZE):
-    self.model = model
+  def __init__(self, model: inception.InceptionV3, variables: Any, **kwargs):
+    super().__init__(model, stackgan_classifier_outputs(model), variables, **kwargs)
     self.num_classes = model.num_classes - 1
-    self._apply = BatchedApply(stackgan_classifier_outputs(model), variables,
-                               mesh=mesh, batch_size=batch_size)
-    self.batch_size = self._apply.batch_size
 
   @classmethod
   def from_directory(cls, directory, **kwargs) -> 'StackGanClassifier':
     model, variables = load_stackgan_classifier(directory)
     return cls(model, variables, **kwargs)
-
-  def iterate(self, images: Iterable[np.ndarray]) -> Iterator[Outputs]:
-    return self._apply.iterate(images)
-
-  def __call__(self, images: np.ndarray) -> Outputs:
-    return self._apply(images)
