@@ -91,8 +91,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   ))
   c.precision = ml_collections.ConfigDict(dict(
       # float32 | bfloat16: the dtype networks compute in (parameters, optimizer
-      # states and losses stay float32; t2ijax/precision.py). AttnGAN and DM-GAN
-      # honour bfloat16; methods that cannot refuse it.
+      # states and losses stay float32; t2ijax/precision.py). Every text-to-image
+      # method honours bfloat16; the encoder pretraining methods refuse it.
       compute_dtype="float32",
   ))
   c.train = ml_collections.ConfigDict(dict(

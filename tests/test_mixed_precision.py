@@ -1,16 +1,21 @@
 """config.precision.compute_dtype='bfloat16': bf16 matmuls, float32 state and losses."""
 
 import collections
+import os
 import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from t2ijax import checkpoint as ckpt_lib
 from t2ijax import parallel
 from t2ijax import precision
+from t2ijax.data import text
 from t2ijax.trainers import loop
+from t2ijax.trainers import stream as stream_trainer
 from tests import tiny_configs
 
 
@@ -98,3 +103,100 @@ def test_dmgan_train_step_in_bf16(damsm_dir, data_dir, tmp_path):
   assert images['bfloat16'].dtype == jnp.float32
   np.testing.assert_allclose(images['bfloat16'], images['float32'], atol=0.1)
   assert float(jnp.mean(jnp.abs(images['bfloat16'] - images['float32']))) < 0.02
+
+
+# ---- every text-to-image method: one bf16 train step through the harness ----
+
+
+def _stream_run(workdir, damsm_dir):
+  """A finished STREAM run of random weights on the tiny GANs' vocabulary (for
+  MirrorGAN), written without training or compiling one."""
+  with open(os.path.join(damsm_dir, 'vocab.json')) as f:
+    vocab = text.Vocab.from_json(f.read())
+  config = tiny_configs.load_config('stream', 'demo')
+  tiny_configs.apply(config, {
+      'data.image_sizes': (16,), 'data.max_words': 8, 'model.n_words': len(vocab),
+      'model.embed_size': 8, 'model.hidden_size': 8, 'model.tiny_width': 4,
+      'train.num_steps': 1})
+  method = stream_trainer.StreamMethod(config, vocab, 8)
+  shapes = jax.eval_shape(method.init_state, jax.random.key(0))
+  rng = np.random.default_rng(0)
+
+  def fill(path, x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return jnp.zeros(x.shape, x.dtype)
+    if path[-1].key == 'var':                # BatchNorm running variances
+      return jnp.ones(x.shape, x.dtype)
+    return jnp.asarray(0.1 * rng.normal(size=x.shape), x.dtype)
+
+  state = jax.tree_util.tree_map_with_path(fill, shapes)
+  loop.write_config(config, workdir, vocab)
+  checkpointer = ckpt_lib.Checkpointer(workdir, use_async=False)
+  checkpointer.save(1, state, {'next_step': 1, 'seed': 0}, config)
+  checkpointer.close()
+  return workdir
+
+
+def _bf16_config(method, data_dir, damsm_dir, tmp_path):
+  """The method's tiny config (one stage where it has several: compiles are the cost)."""
+  if method == 'pixelcnn':
+    from tests import test_pixelcnn_model
+    return test_pixelcnn_model._class_config(data_dir), 'pixelcnn'
+  if method in ('stackgan', 'stackganpp'):
+    config = tiny_configs.load_config(method, 'demo')
+    tiny_configs.apply(config, {
+        'data.shapes.num_train': 32, 'data.shapes.num_test': 16,
+        'data.captions_per_image': 3, 'data.max_words': 8, 'data.num_parallel_calls': 2,
+        'model.ngf': 4, 'model.ndf': 4, 'model.ncf': 8, 'model.z_dim': 8, 'model.r_num': 1,
+        'train.batch_size': 8, 'checkpoint.use_async': False,
+        'data.image_sizes': (64,), 'model.num_stages': 1})
+    config.data.data_dir, config.damsm.workdir = data_dir, damsm_dir
+    return config, 'G'
+  config = tiny_configs.gan(method, data_dir, damsm_dir)
+  if method == 'dfgan':
+    config.data.image_sizes = (32,)
+    config.data.shapes.image_size = 32
+  elif method in ('sdgan', 'mirrorgan'):
+    config.data.image_sizes, config.model.num_stages = (64,), 1
+  if method == 'mirrorgan':
+    config.stream.workdir = _stream_run(str(tmp_path / 'stream'), damsm_dir)
+  if method == 'gan_int_cls':
+    config.model.update(nt=8, z_dim=8)
+  return config, 'G'
+
+
+# XLA:CPU's backend optimisations are most of a tiny step's compile time and
+# change nothing checked here (the op dtypes are read before them).
+_FAST_COMPILE = {'xla_backend_optimization_level': 0}
+
+
+@pytest.mark.parametrize('method', ['dfgan', 'sdgan', 'mirrorgan', 'stackganpp', 'stackgan',
+                                    'gan_int_cls', 'pixelcnn'])
+def test_train_step_in_bf16(method, damsm_dir, data_dir, tmp_path):
+  config, g_name = _bf16_config(method, data_dir, damsm_dir, tmp_path)
+  config.precision.compute_dtype = 'bfloat16'
+  setup = loop.Setup(config, str(tmp_path / 'run'), jax.devices()[:1])
+  # setup.init_or_restore(), compiled as the step is.
+  init = jax.jit(setup.method.init_state, out_shardings=setup.state_shardings)
+  state = setup.method.load_pretrained(init.lower(setup.rng).compile(_FAST_COMPILE)(setup.rng))
+  step = setup.jit_train_step()
+  local = next(iter(setup.train_batches(0, 1)))
+  with jax.set_mesh(setup.mesh):
+    batch = parallel.global_batch(local, setup.mesh)
+    lowered = step.lower(state, batch)
+    before = jax.device_get(state.nets[g_name].params)   # the step donates the state
+    new_state, metrics = lowered.compile(_FAST_COMPILE)(state, batch)
+  # Most convolutions (G's and D's, the PixelCNN's) and matmuls run in bf16;
+  # the frozen encoders (DAMSM, STREAM) stay float32.
+  counts = _op_dtypes(lowered.as_text())
+  assert counts[('convolution', 'bf16')] > counts[('convolution', 'f32')], counts
+  assert counts[('convolution', 'bf16')] > 0 and counts[('dot_general', 'bf16')] > 0, counts
+  # Losses (every metric) are float32 and finite; the state stays float32 and G moved.
+  for key, value in jax.device_get(metrics).items():
+    assert np.asarray(value).dtype == np.float32, key
+    assert np.all(np.isfinite(value)), key
+  for name, net in new_state.nets.items():
+    assert {leaf.dtype for leaf in jax.tree.leaves(net)
+            if jnp.issubdtype(leaf.dtype, jnp.floating)} <= {jnp.dtype(jnp.float32)}, name
+  after = new_state.nets[g_name].params
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))

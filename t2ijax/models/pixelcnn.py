@@ -26,8 +26,13 @@ CONDITIONS = ('none', 'class', 'caption', 'autoencoder')
 
 
 def scale_input(x: jax.Array) -> jax.Array:
-  """[0, 255] -> [-1, 1], differentiable (floats in, floats out)."""
-  return x.astype(jnp.float32) / 127.5 - 1.0
+  """[0, 255] -> [-1, 1], differentiable (floats in, floats out).
+
+  Computed in float32; the result is in x's dtype when x is floating (bfloat16
+  under mixed precision, t2ijax/precision.py), else float32.
+  """
+  y = x.astype(jnp.float32) / 127.5 - 1.0
+  return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y
 
 
 class GatedPixelCnn(nn.Module):
@@ -88,7 +93,9 @@ class WordAttentionMap(nn.Module):
     val = nn.Dense(self.features, name='value')(words)
     scores = jnp.einsum('bhwc,btc->bhwt', q, k) / jnp.sqrt(self.features)
     scores = jnp.where(mask[:, None, None, :], scores, -1e9)
-    context = jnp.einsum('bhwt,btc->bhwc', jax.nn.softmax(scores, axis=-1), val)
+    # The softmax in float32 (its logits are bfloat16 under mixed precision).
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(val.dtype)
+    context = jnp.einsum('bhwt,btc->bhwc', weights, val)
     return jnp.concatenate([s, context], axis=-1)
 
 
@@ -148,7 +155,9 @@ class PixelCnnModel(nn.Module):
     if self.condition == 'autoencoder':
       g = self.encoder(cond['image'])
     else:
-      g = cond['vector'].astype(jnp.float32)
+      g = cond['vector']
+      if not jnp.issubdtype(g.dtype, jnp.floating):   # floats keep their dtype (bf16)
+        g = g.astype(jnp.float32)
     s = None
     if self.spatial_features > 0:
       s = self.spatial(g)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from t2ijax import errors
+from t2ijax import precision
 from t2ijax.models import dfgan
 from t2ijax.trainers import gan
 from t2ijax.trainers import sampling
@@ -57,6 +58,9 @@ def ma_gp(score_fn: Callable, image: jax.Array, sentence: jax.Array,
   """
   logits, pull_back, aux = jax.vjp(score_fn, image, sentence, has_aux=True)
   g_image, g_sentence = pull_back(jnp.ones_like(logits))
+  # The norm ** p in float32 whatever D computes in: bf16's 8-bit mantissa
+  # would blur the sum of squares and then raise its error to the power p / 2.
+  g_image, g_sentence = g_image.astype(jnp.float32), g_sentence.astype(jnp.float32)
   squared = (jnp.sum(jnp.square(g_image).reshape(image.shape[0], -1), axis=1)
              + jnp.sum(jnp.square(g_sentence).reshape(sentence.shape[0], -1), axis=1))
   # (sum g^2)^(p/2) is ||g||^p without sqrt's infinite slope at 0; the official
@@ -66,19 +70,25 @@ def ma_gp(score_fn: Callable, image: jax.Array, sentence: jax.Array,
 
 def discriminator_loss(d: dfgan.Discriminator, params, real: jax.Array,
                        fake: jax.Array, sentence: jax.Array, k: float = 2.0,
-                       p: float = 6.0):
-  """DF-GAN's D objective; returns (loss, metrics). `fake` must be detached."""
+                       p: float = 6.0, compute_dtype: str = 'float32'):
+  """DF-GAN's D objective; returns (loss, metrics). `fake` must be detached.
+
+  compute_dtype: D's dtype (`t2ijax.precision`); its outputs, the losses and
+  the MA-GP norm are float32 either way.
+  """
   variables = {'params': params}
 
+  def apply(*args, method=None):
+    return precision.apply(d, variables, *args, method=method, compute_dtype=compute_dtype)
+
   def real_score(image, sent):
-    features = d.apply(variables, image, method=d.features)
-    return d.apply(variables, features, sent, method=d.logits), features
+    features = apply(image, method=d.features)
+    return apply(features, sent, method=d.logits), features
 
   penalty, real_logits, real_features = ma_gp(real_score, real, sentence, k, p)
   # Image i + 1 with sentence i: every sentence gets another image's features.
-  mismatch = d.apply(variables, jnp.roll(real_features, -1, axis=0), sentence,
-                     method=d.logits)
-  fake_logits = d.apply(variables, fake, sentence)
+  mismatch = apply(jnp.roll(real_features, -1, axis=0), sentence, method=d.logits)
+  fake_logits = apply(fake, sentence)
   real_loss, fake_loss = hinge_real(real_logits), hinge_fake(fake_logits)
   mismatch_loss = hinge_fake(mismatch)
   loss = real_loss + (fake_loss + mismatch_loss) / 2.0 + penalty
@@ -89,9 +99,10 @@ def discriminator_loss(d: dfgan.Discriminator, params, real: jax.Array,
 
 
 def generator_loss(d: dfgan.Discriminator, params, fake: jax.Array,
-                   sentence: jax.Array) -> jax.Array:
-  """-mean D(fake, sentence): G's whole objective."""
-  return -jnp.mean(d.apply({'params': params}, fake, sentence))
+                   sentence: jax.Array, compute_dtype: str = 'float32') -> jax.Array:
+  """-mean D(fake, sentence): G's whole objective (float32 logits)."""
+  return -jnp.mean(precision.apply(d, {'params': params}, fake, sentence,
+                                   compute_dtype=compute_dtype))
 
 
 def sample_noise(key: jax.Array, shape, truncation: bool, trunc_rate: float) -> jax.Array:
@@ -103,6 +114,11 @@ def sample_noise(key: jax.Array, shape, truncation: bool, trunc_rate: float) -> 
 
 class DfGan(gan.TextToImageGan):
   """DF-GAN on the shared GAN harness: nets 'G' and 'D0' (NetD + NetC)."""
+  # bfloat16: G and D (MA-GP's backward pass included) cast at the network
+  # boundary (t2ijax/precision.py); the hinge losses, MA-GP's norm ** p and the
+  # frozen DAMSM stay float32.
+  compute_dtypes = ('float32', 'bfloat16')
+  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     sizes = tuple(config.data.image_sizes)
@@ -160,7 +176,11 @@ class DfGan(gan.TextToImageGan):
     del words, mask, key, train   # No attention, no CA, nothing mode-dependent.
     if isinstance(params, tuple) and not params:
       params = g_net.params       # no EMA kept: sample with the parameters
-    return {'images': [self.generator.apply({'params': params}, z, sentence)]}, {}
+    return {'images': [self._generate(params, z, sentence)]}, {}
+
+  def _generate(self, params, z, sentence):
+    return precision.apply(self.generator, {'params': params}, z, sentence,
+                           compute_dtype=self.compute_dtype)
 
   def sample_noise(self, key, shape):
     s = self.config.sample
@@ -172,17 +192,16 @@ class DfGan(gan.TextToImageGan):
     real = self.real_images(batch)[-1]
     z = jax.random.normal(key, (sentence.shape[0], self.config.model.z_dim))
     g, d, disc = state.nets['G'], state.nets['D0'], self.discriminators[0]
-    fake, pull_back = jax.vjp(
-        lambda params: self.generator.apply({'params': params}, z, sentence), g.params)
+    fake, pull_back = jax.vjp(lambda params: self._generate(params, z, sentence), g.params)
 
-    loss = self.config.loss
+    loss, dtype = self.config.loss, self.compute_dtype
     d_grads, metrics = jax.grad(discriminator_loss, argnums=1, has_aux=True)(
         disc, d.params, real, jax.lax.stop_gradient(fake), sentence,
-        loss.magp_k, loss.magp_p)
+        loss.magp_k, loss.magp_p, dtype)
     d = state_lib.apply_updates(d, d_grads, self.txs['D0'])
 
     g_loss, cotangent = jax.value_and_grad(generator_loss, argnums=2)(
-        disc, d.params, fake, sentence)
+        disc, d.params, fake, sentence, dtype)
     (g_grads,) = pull_back(cotangent)
     g = state_lib.apply_updates(g, g_grads, self.txs['G'], ema_decay=self._ema_decay)
     metrics = dict(metrics, G_loss=g_loss)

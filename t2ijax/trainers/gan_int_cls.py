@@ -37,6 +37,7 @@ from absl import logging
 
 from t2ijax import errors
 from t2ijax import images as images_lib
+from t2ijax import precision
 from t2ijax import text_conditioning
 from t2ijax.models import gan_int_cls as models
 from t2ijax.trainers import gan
@@ -69,13 +70,23 @@ def style_loss(z: jax.Array, z_hat: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(jnp.square(z - z_hat), axis=-1))
 
 
-def _apply_train(module, net_or_vars, *args, **kwargs):
+def _apply_train(module, net_or_vars, *args, compute_dtype: str = 'float32', **kwargs):
+  """Train-mode apply (BN batch statistics): (float32 output, new batch_stats).
+
+  compute_dtype: see `t2ijax.precision`; the statistics stay float32.
+  """
   variables = net_or_vars if isinstance(net_or_vars, dict) else net_or_vars.variables()
-  return module.apply(variables, *args, train=True, mutable=['batch_stats'], **kwargs)
+  return precision.apply(module, variables, *args, train=True, mutable=['batch_stats'],
+                         compute_dtype=compute_dtype, **kwargs)
 
 
 class GanIntCls(gan.TextToImageGan):
   """Nets 'G', 'D0', 'S' (style encoder), the frozen DAMSM and conditioning nets."""
+  # bfloat16: G, D and S cast at the network boundary (t2ijax/precision.py);
+  # BCE, the style loss, BN statistics and the frozen text conditioning
+  # (DAMSM, char-CNN-RNN) stay float32.
+  compute_dtypes = ('float32', 'bfloat16')
+  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     sizes = tuple(config.data.image_sizes)
@@ -159,7 +170,7 @@ class GanIntCls(gan.TextToImageGan):
       params = g_net.params           # no EMA kept
     variables = g_net.variables(params)
     if train:
-      images, collections = _apply_train(self.generator, variables, z, sentence)
+      images, collections = self._train_apply(self.generator, variables, z, sentence)
       return {'images': [images]}, collections
     return {'images': [self._inference(self.generator, variables, z, sentence)]}, {}
 
@@ -167,8 +178,12 @@ class GanIntCls(gan.TextToImageGan):
     """Eval-time apply: BN with running averages, or (sample.bn_batch_stats)
     with the batch's own statistics, as Torch nets left in training mode."""
     if self.config.sample.bn_batch_stats:
-      return _apply_train(module, variables, *args)[0]
-    return module.apply(variables, *args, train=False)
+      return self._train_apply(module, variables, *args)[0]
+    return precision.apply(module, variables, *args, train=False,
+                           compute_dtype=self.compute_dtype)
+
+  def _train_apply(self, module, net_or_vars, *args):
+    return _apply_train(module, net_or_vars, *args, compute_dtype=self.compute_dtype)
 
   def _condition(self, state, batch, split, key, wrong=False):
     return self.conditioner.from_batch(state, batch, split, key, wrong=wrong)
@@ -187,16 +202,16 @@ class GanIntCls(gan.TextToImageGan):
     z = jax.random.normal(k_z, (b, z_dim))
     g, d, disc = state.nets['G'], state.nets['D0'], self.discriminators[0]
 
-    fake, g_cols = _apply_train(self.generator, g, z, text)
+    fake, g_cols = self._train_apply(self.generator, g, z, text)
     fake = jax.lax.stop_gradient(fake)
 
     def d_loss_fn(params):
       cols = d.collections
-      logit_real, cols = _apply_train(disc, {'params': params, **cols}, real, text)
+      logit_real, cols = self._train_apply(disc, {'params': params, **cols}, real, text)
       logit_wrong = None
       if wrong is not None:
-        logit_wrong, cols = _apply_train(disc, {'params': params, **cols}, real, wrong)
-      logit_fake, cols = _apply_train(disc, {'params': params, **cols}, fake, text)
+        logit_wrong, cols = self._train_apply(disc, {'params': params, **cols}, real, wrong)
+      logit_fake, cols = self._train_apply(disc, {'params': params, **cols}, fake, text)
       loss, parts = discriminator_loss(logit_real, logit_wrong, logit_fake, loss_cfg.cls_weight)
       return loss, (parts, cols, logit_real, logit_fake)
 
@@ -211,8 +226,8 @@ class GanIntCls(gan.TextToImageGan):
     z2 = jax.random.normal(k_z2, (g_text.shape[0], z_dim))
 
     def g_loss_fn(params):
-      images, cols = _apply_train(self.generator, {'params': params, **g_cols}, z2, g_text)
-      logits, dc = _apply_train(disc, d, images, g_text)
+      images, cols = self._train_apply(self.generator, {'params': params, **g_cols}, z2, g_text)
+      logits, dc = self._train_apply(disc, d, images, g_text)
       return generator_loss(logits, b, loss_cfg.interp_weight), (cols, dc)
 
     (g_loss, (g_cols, d_cols)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g.params)
@@ -228,7 +243,7 @@ class GanIntCls(gan.TextToImageGan):
       s = state.nets['S']
 
       def s_loss_fn(params):
-        z_hat, cols = _apply_train(self.style, {'params': params, **s.collections}, fake)
+        z_hat, cols = self._train_apply(self.style, {'params': params, **s.collections}, fake)
         return style_loss(z, z_hat), cols
 
       (s_loss, s_cols), s_grads = jax.value_and_grad(s_loss_fn, has_aux=True)(s.params)

@@ -30,6 +30,7 @@ from absl import logging
 
 from t2ijax import errors
 from t2ijax import images as images_lib
+from t2ijax import precision
 from t2ijax.data import shapes
 from t2ijax.losses import likelihood
 from t2ijax.models import pixelcnn as model_lib
@@ -90,12 +91,18 @@ def conditioning_labels(params):
 
 class PixelCnn(method_lib.Method):
   """Likelihood training of the Gated (Conditional) PixelCNN."""
+  # bfloat16: the likelihood's forward (training and eval bits/dim) casts at the
+  # network boundary (t2ijax/precision.py); the 256-way logits come back float32
+  # before the log-softmax, and the frozen DAMSM and the samplers stay float32.
+  compute_dtypes = ('float32', 'bfloat16')
+  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     super().__init__(config, vocab, num_train_examples)
     _check_model_config(config)
     self.size = _image_size(config)
     self.model = make_model(config)
+    self.compute_dtype = config.precision.compute_dtype if 'precision' in config else 'float32'
     self.damsm = None
     if config.model.condition == 'caption':
       from t2ijax.encoders import damsm_loader
@@ -184,7 +191,14 @@ class PixelCnn(method_lib.Method):
   # ---- likelihood ----
   def bits_per_dim(self, params, state, batch) -> jax.Array:
     x = self.images(batch)
-    logits = self.model.apply({'params': params}, x, self.cond_inputs(state, batch))
+    inputs = (x, self.cond_inputs(state, batch))
+    if self.compute_dtype != 'float32':
+      # uint8 images as floats, so that they are cast too (0..255 are exact in
+      # bfloat16) and the decoder's first convolution runs in bfloat16.
+      inputs = jax.tree.map(
+          lambda a: a.astype(jnp.float32) if a.dtype == jnp.uint8 else a, inputs)
+    logits = precision.apply(self.model, {'params': params}, *inputs,
+                             compute_dtype=self.compute_dtype)
     return likelihood.image_bits_per_dim(logits, x)
 
   def train_step(self, state, batch):
@@ -198,7 +212,11 @@ class PixelCnn(method_lib.Method):
   # ---- sampling ----
   def sample(self, state, cond: dict, key: jax.Array, batch_size: int,
              cached: bool = True) -> jax.Array:
-    """(B, H, W, 3) uint8 samples given conditioning inputs (jittable)."""
+    """(B, H, W, 3) uint8 samples given conditioning inputs (jittable).
+
+    Always float32, whatever precision.compute_dtype: the cached and naive
+    samplers (t2ijax/trainers/pixelcnn_sampling.py) apply the model directly.
+    """
     params = state.nets['pixelcnn'].params
     g, s = self.model.apply({'params': params}, cond, method=self.model.conditioning)
     fn = pixelcnn_sampling.cached_sample if cached else pixelcnn_sampling.naive_sample

@@ -35,6 +35,7 @@ from absl import logging
 
 from t2ijax import checkpoint as ckpt_lib
 from t2ijax import errors
+from t2ijax import precision
 from t2ijax.encoders import damsm_loader
 from t2ijax.models import stackgan
 from t2ijax.trainers import gan
@@ -80,6 +81,11 @@ def read_stage1_run(config) -> ml_collections.ConfigDict:
 
 class StackGan(gan.TextToImageGan):
   """StackGAN Stage-I or Stage-II on the shared GAN harness: nets 'G', 'D0'."""
+  # bfloat16: G (Stage-II's frozen Stage-I G too) and D cast at the network
+  # boundary (t2ijax/precision.py, `_train_apply`); BCE, KL and the DAMSM
+  # stay float32.
+  compute_dtypes = ('float32', 'bfloat16')
+  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     m, sizes = config.model, tuple(config.data.image_sizes)
@@ -200,9 +206,14 @@ class StackGan(gan.TextToImageGan):
     if self.stage == 2:
       kwargs['stage1_train'] = train and self.config.model.stage1_bn_train
     if train:
-      return gan.apply_train(self.generator, variables, z, sentence, ca_key=key, **kwargs)
-    return self.generator.apply(variables, z, sentence, ca_key=key, train=False,
-                                **kwargs), {}
+      return self._train_apply(self.generator, variables, z, sentence, ca_key=key, **kwargs)
+    return precision.apply(self.generator, variables, z, sentence, ca_key=key, train=False,
+                           compute_dtype=self.compute_dtype, **kwargs), {}
+
+  def _train_apply(self, module, variables, *args, method=None, **kwargs):
+    """`gan.apply_train` in the method's compute dtype: (float32 out, collections)."""
+    return gan.apply_train(module, variables, *args, method=method,
+                           compute_dtype=self.compute_dtype, **kwargs)
 
   # ---- losses ----
   def discriminator_loss(self, params, collections, real, fake, condition):
@@ -211,14 +222,14 @@ class StackGan(gan.TextToImageGan):
     Returns (loss, (metrics, collections)).
     """
     d = self.discriminators[0]
-    out_real, collections = gan.apply_train(d, {'params': params, **collections},
-                                         real, condition)
-    out_fake, collections = gan.apply_train(d, {'params': params, **collections},
-                                         fake, condition)
+    out_real, collections = self._train_apply(d, {'params': params, **collections},
+                                              real, condition)
+    out_fake, collections = self._train_apply(d, {'params': params, **collections},
+                                              fake, condition)
     # Image i with the condition of text i + 1 (B - 1 pairs, as officially).
-    wrong, collections = gan.apply_train(d, {'params': params, **collections},
-                                      out_real['code'][:-1], condition[1:],
-                                      method=d.cond_head)
+    wrong, collections = self._train_apply(d, {'params': params, **collections},
+                                           out_real['code'][:-1], condition[1:],
+                                           method=d.cond_head)
     real_loss, fake_loss = gan.bce(out_real['cond'], 1), gan.bce(out_fake['cond'], 0)
     wrong_loss = gan.bce(wrong, 0)
     if self.stage == 1:
@@ -231,8 +242,8 @@ class StackGan(gan.TextToImageGan):
 
   def generator_adversarial(self, params, collections, fake, condition):
     d = self.discriminators[0]
-    out, collections = gan.apply_train(d, {'params': params, **collections}, fake,
-                                    condition)
+    out, collections = self._train_apply(d, {'params': params, **collections}, fake,
+                                         condition)
     loss = gan.bce(out['cond'], 1)
     if 'uncond' in out:
       loss = loss + gan.bce(out['uncond'], 1)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from t2ijax import errors
+from t2ijax import precision
 from t2ijax.losses import regularizers
 from t2ijax.models import stackganpp
 from t2ijax.trainers import gan
@@ -51,6 +52,10 @@ def ema_to_params(params, ema_params, step: jax.Array, every: int):
 
 class StackGanPP(gan.TextToImageGan):
   """StackGAN++ on the shared GAN harness: nets 'G' and 'D0'.. 'D{n-1}'."""
+  # bfloat16: G and the Ds cast at the network boundary (t2ijax/precision.py,
+  # `_train_apply`); BCE, colour consistency, KL and the DAMSM stay float32.
+  compute_dtypes = ('float32', 'bfloat16')
+  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     sizes = tuple(sorted(config.data.image_sizes))
@@ -113,9 +118,14 @@ class StackGanPP(gan.TextToImageGan):
     variables = g_net.variables(params)
     embedding = sentence if self.conditional else None
     if train:
-      return gan.apply_train(self.generator, variables, z, embedding, ca_key=key)
-    return self.generator.apply(variables, z, embedding, ca_key=key,
-                                train=False), {}
+      return self._train_apply(self.generator, variables, z, embedding, ca_key=key)
+    return precision.apply(self.generator, variables, z, embedding, ca_key=key,
+                           train=False, compute_dtype=self.compute_dtype), {}
+
+  def _train_apply(self, module, variables, *args, method=None, **kwargs):
+    """`gan.apply_train` in the method's compute dtype: (float32 out, collections)."""
+    return gan.apply_train(module, variables, *args, method=method,
+                           compute_dtype=self.compute_dtype, **kwargs)
 
   # ---- losses ----
   def discriminator_loss(self, index, params, collections, real, fake,
@@ -126,9 +136,9 @@ class StackGanPP(gan.TextToImageGan):
     """
     d = self.discriminators[index]
     lam = self.config.loss.uncond_weight
-    out_real, collections = gan.apply_train(
+    out_real, collections = self._train_apply(
         d, {'params': params, **collections}, real, condition)
-    out_fake, collections = gan.apply_train(
+    out_fake, collections = self._train_apply(
         d, {'params': params, **collections}, fake, condition)
     metrics = {}
     if not self.conditional:
@@ -137,8 +147,8 @@ class StackGanPP(gan.TextToImageGan):
     else:
       # Text i with real image i + 1 (see the module docstring).
       wrong_code = jnp.roll(out_real['code'], -1, axis=0)
-      wrong, collections = gan.apply_train(d, {'params': params, **collections},
-                                        wrong_code, condition, method=d.cond_head)
+      wrong, collections = self._train_apply(d, {'params': params, **collections},
+                                             wrong_code, condition, method=d.cond_head)
       real_loss = gan.bce(out_real['cond'], 1)
       wrong_loss, fake_loss = gan.bce(wrong, 0), gan.bce(out_fake['cond'], 0)
       if lam > 0:
@@ -156,8 +166,8 @@ class StackGanPP(gan.TextToImageGan):
   def generator_adversarial(self, index, params, collections, fake, condition):
     """G's adversarial term against D_index; returns (loss, collections)."""
     d = self.discriminators[index]
-    out, collections = gan.apply_train(d, {'params': params, **collections}, fake,
-                                    condition)
+    out, collections = self._train_apply(d, {'params': params, **collections}, fake,
+                                         condition)
     if not self.conditional:
       return gan.bce(out['uncond'], 1), collections
     loss = gan.bce(out['cond'], 1)
