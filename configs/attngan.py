@@ -5,7 +5,8 @@ Variants (reference/attngan_family.md §3):
         10 captions of at most 18 words, 64/128/256 pixels.
   coco  ngf 48, ndf 96, 3 ResBlocks, batch 14, 120 epochs, lambda 50, 5 captions
         of at most 12 words.
-  demo  the built-in shapes data at 64/128 pixels, small widths (as dmgan:demo).
+  demo  the built-in shapes data at 64/128 pixels, small widths (dmgan:demo's
+        widths; that one runs at 32/64).
 """
 
 import os

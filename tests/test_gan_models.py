@@ -7,6 +7,7 @@ of GlobalAttentionGeneral (§3.2 step 1, §3.3) in torch.
 """
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -113,10 +114,28 @@ def test_generator_fewer_stages(num_stages):
   assert f'img_net{num_stages + 1}' not in variables['params']
 
 
+@pytest.mark.parametrize('family', [attngan, dmgan])
+def test_generator_with_a_32_pixel_first_stage(family):
+  """base_size 32 (the demos): stages at 32 and 64; the init stage starts at
+  8 ngf with three upBlocks, so every later layer keeps its official shape."""
+  ngf = 8
+  small, small_vars = _abstract_generator(family.Generator(ngf=ngf, num_stages=2, base_size=32))
+  official, official_vars = _abstract_generator(family.Generator(ngf=ngf, num_stages=2))
+  assert [x.shape[1] for x in small['images']] == [32, 64]
+  assert small['attention_maps'][0].shape[1] == 32
+  init = small_vars['params']['h_net1']
+  assert 'upsample4' not in init and init['upsample3']['conv']['kernel'].shape[-1] == 2 * ngf
+  shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
+  for name in ('h_net2', 'img_net1', 'img_net2', 'ca_net'):
+    assert shapes(small_vars['params'][name]) == shapes(official_vars['params'][name]), name
+  with pytest.raises(ValueError, match='base_size must be one of'):
+    _abstract_generator(attngan.Generator(num_stages=1, base_size=16))
+
+
 @pytest.mark.parametrize('cls, ndf', [(attngan.Discriminator, 64),
                                       (attngan.Discriminator, 96),
                                       (dmgan.Discriminator, 32)])
-@pytest.mark.parametrize('size', [64, 128, 256])
+@pytest.mark.parametrize('size', [32, 64, 128, 256])
 def test_discriminator_output_shapes(cls, ndf, size):
   out, _ = _abstract_discriminator(cls(ndf=ndf, image_size=size), batch=5)
   assert out['features'].shape == (5, 4, 4, 8 * ndf)
@@ -569,3 +588,15 @@ def test_tiny_train_step_under_jit(family, num_stages):
   if family is dmgan:  # and the power iteration advanced
     assert not np.allclose(d_state['spectral']['img_code_s16']['conv_0']['u'],
                            d_vars['spectral']['img_code_s16']['conv_0']['u'])
+
+
+@pytest.mark.parametrize('sizes', [[32, 128], [16, 32], [128, 256]])
+def test_trainer_rejects_stage_sizes_the_generator_cannot_make(sizes):
+  from t2ijax import errors
+  from t2ijax.trainers import attngan as attngan_trainer
+  from t2ijax.trainers import sdgan as sdgan_trainer
+  trainer = types.SimpleNamespace(config=types.SimpleNamespace(model=None), sizes=sizes)
+  with pytest.raises(errors.ConfigError, match='each stage doubles the last'):
+    attngan_trainer.AttnGan.make_generator(trainer)
+  with pytest.raises(errors.ConfigError, match="SD-GAN's stages are 64, 128, 256"):
+    sdgan_trainer.SdGan.make_generator(trainer)

@@ -46,7 +46,11 @@ from t2ijax.nn import layers
 INIT_WIDTH_FACTOR = 16
 # Side of the first feature map and of the discriminator's final map.
 BASE_SIDE = 4
-DISCRIMINATOR_SIZES = (64, 128, 256)
+# Generator.base_size -> upBlocks of the init stage.
+BASE_SIZES = {32: 3, 64: 4}
+# 64, 128, 256 officially; 32 is this project's addition for small demos
+# (a generator whose first stage is 32 pixels; `Generator.base_size`).
+DISCRIMINATOR_SIZES = (32, 64, 128, 256)
 
 
 class InitStage(nn.Module):
@@ -57,8 +61,11 @@ class InitStage(nn.Module):
 
   Attributes:
     channels: width at 4x4 (16 * ngf officially).
+    num_upsamples: upBlocks, each halving the width (4 officially: 64
+      pixels at channels // 16).
   """
   channels: int
+  num_upsamples: int = 4
 
   @nn.compact
   def __call__(self, code: jax.Array, *, train: bool) -> jax.Array:
@@ -68,7 +75,7 @@ class InitStage(nn.Module):
     x = layers.glu(layers.batch_norm(train, name='fc_bn')(x))
     # torch views the vector channel-major; keep that order, then go NHWC.
     x = x.reshape(-1, self.channels, side, side).transpose(0, 2, 3, 1)
-    for i in range(1, 5):
+    for i in range(1, self.num_upsamples + 1):
       x = layers.UpBlock(self.channels // 2**i, name=f'upsample{i}')(
           x, train=train)
     return x
@@ -123,6 +130,10 @@ class Generator(nn.Module):
     nef: text feature size (EMBEDDING_DIM, 256).
     num_stages: output stages, 1 (64 only) to 3 (64, 128, 256).
     official_mask_bug: reproduce the official attention-mask bug.
+    base_size: side of the first stage's images, 64 officially; 32 halves
+      every stage (32, 64, 128) for small demos: the init stage then starts
+      at 8 ngf (not 16 ngf) and has three upBlocks, so it still ends at ngf
+      and every later layer has its official shape.
   """
   ngf: int = 32
   r_num: int = 2
@@ -131,6 +142,15 @@ class Generator(nn.Module):
   nef: int = 256
   num_stages: int = 3
   official_mask_bug: bool = False
+  base_size: int = 64
+
+  def init_stage(self) -> 'InitStage':
+    """h_net1, built for `base_size` (call within the compact __call__)."""
+    if self.base_size not in BASE_SIZES:
+      raise ValueError(f'base_size must be one of {tuple(BASE_SIZES)}; got {self.base_size}.')
+    upsamples = BASE_SIZES[self.base_size]
+    channels = INIT_WIDTH_FACTOR * self.ngf // 2**(4 - upsamples)
+    return InitStage(channels, upsamples, name='h_net1')
 
   def make_next_stage(self, name: str) -> nn.Module:
     """The refinement stage module (called within the compact __call__)."""
@@ -163,8 +183,7 @@ class Generator(nn.Module):
     self._check_inputs(z, sentence, words, word_mask)
     c, mu, logvar = layers.ConditioningAugmentation(
         self.ncf, name='ca_net')(sentence, key=ca_key, noise=ca_noise)
-    h = InitStage(INIT_WIDTH_FACTOR * self.ngf, name='h_net1')(
-        jnp.concatenate([c, z], axis=-1), train=train)
+    h = self.init_stage()(jnp.concatenate([c, z], axis=-1), train=train)
     images = [ImageHead(name='img_net1')(h)]
     attention_maps = []
     for stage in range(2, self.num_stages + 1):
@@ -201,16 +220,19 @@ class DownsampleBy16(nn.Module):
   Attributes:
     ndf: channels after the first conv.
     use_spectral_norm: DM-GAN variant.
+    num_layers: 4 officially; 3 for 32-pixel images (S -> S / 8, starting
+      at 2 ndf so that it still ends at 8 ndf).
   """
   ndf: int
   use_spectral_norm: bool = False
+  num_layers: int = 4
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     sn = self.use_spectral_norm
     x = images
-    for i in range(4):
-      x = layers.conv2d(self.ndf * 2**i, 4, strides=2, padding=1,
+    for i in range(self.num_layers):
+      x = layers.conv2d(self.ndf * 2**(i + 4 - self.num_layers), 4, strides=2, padding=1,
                         use_bias=sn, use_spectral_norm=sn, name=f'conv_{i}')(x)
       if i > 0 and not sn:
         x = layers.batch_norm(train, name=f'bn_{i}')(x)
@@ -269,7 +291,7 @@ def add_image_trunk(module: nn.Module, ndf: int, use_spectral_norm: bool = False
   img_code_s64_1, img_code_s64_2, all ending at (4, 4, 8 ndf).
   """
   sn = use_spectral_norm
-  module.img_code_s16 = DownsampleBy16(ndf, sn)
+  module.img_code_s16 = DownsampleBy16(ndf, sn, num_layers=3 if module.image_size == 32 else 4)
   if module.image_size == 128:
     module.img_code_s32 = trunk_block(16 * ndf, 4, sn)
     module.img_code_s32_1 = trunk_block(8 * ndf, 3, sn)

@@ -91,9 +91,7 @@ class Generator(attngan.Generator):
     self._check_inputs(z, sentence, words, word_mask)
     c, mu, logvar = layers.ConditioningAugmentation(
         self.ncf, name='ca_net')(sentence, key=ca_key, noise=ca_noise)
-    h = attngan.InitStage(attngan.INIT_WIDTH_FACTOR * self.ngf,
-                          name='h_net1')(jnp.concatenate([c, z], axis=-1),
-                                         train=train)
+    h = self.init_stage()(jnp.concatenate([c, z], axis=-1), train=train)
     images = [attngan.ImageHead(name='img_net1')(h)]
     word_maps, sentence_maps = [], []
     for stage in range(2, self.num_stages + 1):

@@ -1,8 +1,8 @@
 """Convolutions computed in cheaper, equal forms (XLA:CPU fast paths).
 
 Written for DF-GAN (t2ijax/models/dfgan.py), whose train step differentiates
-D twice (MA-GP) and upsamples before every 3x3 conv of G; usable by any model
-with the same layers. Each equals the plain form up to float rounding (tested
+D twice (MA-GP) and upsamples before every 3x3 conv of G; the up-blocks of the
+AttnGAN family (`layers.UpBlock`) use `upsample_conv3x3` too. Each equals the plain form up to float rounding (tested
 in tests/test_dfgan.py against torch):
   * `upsample_conv3x3`: conv3x3 after nearest 2x upsampling as four 2x2
     convolutions at the low resolution, one per output phase (16 instead of
@@ -170,14 +170,22 @@ class Conv4x4Stride2(nn.Module):
 class UpsampleConv3x3(nn.Module):
   """torch Conv2d(in, out, 3, 1, 1) applied after nearest 2x upsampling.
 
-  Same params as `layers.Conv2d` (kernel (3, 3, I, O), bias), torch init.
+  Same params as `layers.Conv2d` (kernel (3, 3, I, O), bias if use_bias).
+
+  Attributes:
+    features: output channels.
+    use_bias: add a bias (torch's default init for this fan-in).
+    kernel_init: the kernel's initialiser (torch's default by default).
   """
   features: int
+  use_bias: bool = True
+  kernel_init: nn.initializers.Initializer = torch_compat.torch_kernel_init()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = 9 * x.shape[-1]
-    kernel = self.param('kernel', torch_compat.torch_kernel_init(),
-                        (3, 3, x.shape[-1], self.features))
-    bias = self.param('bias', torch_compat.torch_bias_init(fan_in), (self.features,))
-    return upsample_conv3x3(x, kernel) + bias
+    kernel = self.param('kernel', self.kernel_init, (3, 3, x.shape[-1], self.features))
+    y = upsample_conv3x3(x, kernel)
+    if self.use_bias:
+      y = y + self.param('bias', torch_compat.torch_bias_init(fan_in), (self.features,))
+    return y

@@ -1,5 +1,6 @@
 """AttnGAN and DM-GAN: the shared GAN trainer with their generators and Ds."""
 
+from t2ijax import errors
 from t2ijax.models import attngan
 from t2ijax.models import dmgan
 from t2ijax.trainers import gan
@@ -13,10 +14,15 @@ class AttnGan(gan.TextToImageGan):
   discriminator_module = attngan.Discriminator
 
   def make_generator(self):
-    m = self.config.model
+    m, base = self.config.model, self.sizes[0]
+    expected = [base * 2**i for i in range(len(self.sizes))]
+    if base not in attngan.BASE_SIZES or self.sizes != expected:
+      raise errors.ConfigError(
+          f"data.image_sizes={tuple(self.sizes)}: each stage doubles the last, from 64 "
+          "(official: 64, 128, 256) or 32 (small demos: 32, 64, 128)")
     return self.generator_module(
         ngf=m.ngf, r_num=m.r_num, z_dim=m.z_dim, ncf=m.ncf, nef=m.nef,
-        num_stages=m.num_stages, official_mask_bug=m.official_mask_bug)
+        num_stages=m.num_stages, official_mask_bug=m.official_mask_bug, base_size=base)
 
   def make_discriminator(self, image_size):
     m = self.config.model

@@ -29,6 +29,7 @@ with margin 1.0 and floor 0.1.
 import jax
 import jax.numpy as jnp
 
+from t2ijax import errors
 from t2ijax.models import sdgan
 from t2ijax.trainers import gan
 from t2ijax.trainers import sampling
@@ -81,9 +82,16 @@ def siamese_pairs(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 class SdGan(gan.TextToImageGan):
   """SD-GAN on the shared GAN harness: nets 'G', 'D0'.. (with Siamese heads)."""
+  # bfloat16: the shared trainer casts G and D at the network boundary
+  # (t2ijax/precision.py); the contrastive loss of their float32 outputs, the
+  # BCE terms and the frozen DAMSM stay float32.
+  compute_dtypes = ('float32', 'bfloat16')
 
   def make_generator(self):
     m = self.config.model
+    if self.sizes != [64 * 2**i for i in range(len(self.sizes))]:
+      raise errors.ConfigError(
+          f"data.image_sizes={tuple(self.sizes)}: SD-GAN's stages are 64, 128, 256 (in turn)")
     return sdgan.Generator(
         ngf=m.ngf, r_num=m.r_num, z_dim=m.z_dim, ncf=m.ncf, nef=m.nef,
         num_stages=m.num_stages, official_mask_bug=m.official_mask_bug,
