@@ -43,3 +43,26 @@ def from_torch(abstract_variables, state_dict, torch_key: Callable[[tuple], str]
   left = {k for k in state_dict if not k.endswith('num_batches_tracked')} - used
   assert not left, left
   return flax.traverse_util.unflatten_dict(out)
+
+
+def save_random_run(method, config, vocab, workdir: str, scale: float, seed: int = 0) -> None:
+  """A finished run (checkpoint of step 1, config, vocabulary) of `method`'s
+  state filled with random weights, without compiling its init: N(0, scale)
+  floats, ones for BatchNorm running variances, zeros for integers."""
+  from t2ijax import checkpoint as ckpt_lib
+  from t2ijax.trainers import loop
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    if path[-1].key == 'var':                # BatchNorm running variances
+      return jnp.ones(leaf.shape, leaf.dtype)
+    return jnp.asarray(scale * rng.normal(size=leaf.shape), leaf.dtype)
+
+  state = jax.tree_util.tree_map_with_path(
+      fill, jax.eval_shape(method.init_state, jax.random.key(0)))
+  loop.write_config(config, workdir, vocab)
+  checkpointer = ckpt_lib.Checkpointer(workdir, use_async=False)
+  checkpointer.save(1, state, {'next_step': 1, 'seed': 0}, config)
+  checkpointer.close()

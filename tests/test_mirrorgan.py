@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from t2ijax import checkpoint as ckpt_lib
 from t2ijax import errors
 from t2ijax.data import text
 from t2ijax.models import mirrorgan
@@ -175,22 +174,7 @@ VOCAB = text.Vocab(['<end>', 'a', 'small', 'large', 'red', 'blue', 'circle',
 def _save_run(method_class, config, workdir):
   """A finished run of random weights, without compiling an init."""
   config.train.num_steps = 1
-  method = method_class(config, VOCAB, 8)
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    if not jnp.issubdtype(leaf.dtype, jnp.floating):
-      return jnp.zeros(leaf.shape, leaf.dtype)
-    if path[-1].key == 'var':                # BatchNorm running variances
-      return jnp.ones(leaf.shape, leaf.dtype)
-    return jnp.asarray(0.3 * rng.normal(size=leaf.shape), leaf.dtype)
-
-  state = jax.tree_util.tree_map_with_path(
-      fill, jax.eval_shape(method.init_state, jax.random.key(0)))
-  loop.write_config(config, workdir, VOCAB)
-  checkpointer = ckpt_lib.Checkpointer(workdir, use_async=False)
-  checkpointer.save(1, state, {'next_step': 1, 'seed': 0}, config)
-  checkpointer.close()
+  param_trees.save_random_run(method_class(config, VOCAB, 8), config, VOCAB, workdir, scale=0.3)
 
 
 def _tiny_mirrorgan(tmp_path):

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2ijax import checkpoint as ckpt_lib
 from t2ijax import parallel
 from t2ijax import precision
 from t2ijax.data import text
 from t2ijax.trainers import loop
 from t2ijax.trainers import stream as stream_trainer
+from tests import param_trees
 from tests import tiny_configs
 
 
@@ -118,22 +118,8 @@ def _stream_run(workdir, damsm_dir):
       'data.image_sizes': (16,), 'data.max_words': 8, 'model.n_words': len(vocab),
       'model.embed_size': 8, 'model.hidden_size': 8, 'model.tiny_width': 4,
       'train.num_steps': 1})
-  method = stream_trainer.StreamMethod(config, vocab, 8)
-  shapes = jax.eval_shape(method.init_state, jax.random.key(0))
-  rng = np.random.default_rng(0)
-
-  def fill(path, x):
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      return jnp.zeros(x.shape, x.dtype)
-    if path[-1].key == 'var':                # BatchNorm running variances
-      return jnp.ones(x.shape, x.dtype)
-    return jnp.asarray(0.1 * rng.normal(size=x.shape), x.dtype)
-
-  state = jax.tree_util.tree_map_with_path(fill, shapes)
-  loop.write_config(config, workdir, vocab)
-  checkpointer = ckpt_lib.Checkpointer(workdir, use_async=False)
-  checkpointer.save(1, state, {'next_step': 1, 'seed': 0}, config)
-  checkpointer.close()
+  param_trees.save_random_run(stream_trainer.StreamMethod(config, vocab, 8), config, vocab,
+                              workdir, scale=0.1)
   return workdir
 
 
