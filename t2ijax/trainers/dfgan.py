@@ -118,7 +118,6 @@ class DfGan(gan.TextToImageGan):
   # boundary (t2ijax/precision.py); the hinge losses, MA-GP's norm ** p and the
   # frozen DAMSM stay float32.
   compute_dtypes = ('float32', 'bfloat16')
-  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     sizes = tuple(config.data.image_sizes)

@@ -78,6 +78,7 @@ def _apply(module, variables, *args, method=None, compute_dtype="float32", **kwa
 
 class TextToImageGan(method_lib.Method):
   """Multi-stage GAN conditioned on a frozen DAMSM's word and sentence features."""
+  compute_dtype = "float32"   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     super().__init__(config, vocab, num_train_examples)
@@ -117,6 +118,11 @@ class TextToImageGan(method_lib.Method):
     pretrain_if_missing(config, config.damsm.pretrain, config.damsm.workdir, "a DAMSM")
 
   # ---- family hooks ----
+  def _train_apply(self, module, variables, *args, method=None, **kwargs):
+    """`apply_train` in the method's compute dtype: (float32 out, collections)."""
+    return apply_train(module, variables, *args, method=method,
+                       compute_dtype=self.compute_dtype, **kwargs)
+
   def make_generator(self):
     raise NotImplementedError
 

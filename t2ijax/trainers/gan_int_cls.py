@@ -86,7 +86,6 @@ class GanIntCls(gan.TextToImageGan):
   # BCE, the style loss, BN statistics and the frozen text conditioning
   # (DAMSM, char-CNN-RNN) stay float32.
   compute_dtypes = ('float32', 'bfloat16')
-  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     sizes = tuple(config.data.image_sizes)

@@ -85,7 +85,6 @@ class StackGan(gan.TextToImageGan):
   # boundary (t2ijax/precision.py, `_train_apply`); BCE, KL and the DAMSM
   # stay float32.
   compute_dtypes = ('float32', 'bfloat16')
-  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     m, sizes = config.model, tuple(config.data.image_sizes)
@@ -209,11 +208,6 @@ class StackGan(gan.TextToImageGan):
       return self._train_apply(self.generator, variables, z, sentence, ca_key=key, **kwargs)
     return precision.apply(self.generator, variables, z, sentence, ca_key=key, train=False,
                            compute_dtype=self.compute_dtype, **kwargs), {}
-
-  def _train_apply(self, module, variables, *args, method=None, **kwargs):
-    """`gan.apply_train` in the method's compute dtype: (float32 out, collections)."""
-    return gan.apply_train(module, variables, *args, method=method,
-                           compute_dtype=self.compute_dtype, **kwargs)
 
   # ---- losses ----
   def discriminator_loss(self, params, collections, real, fake, condition):

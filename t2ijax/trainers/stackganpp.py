@@ -55,7 +55,6 @@ class StackGanPP(gan.TextToImageGan):
   # bfloat16: G and the Ds cast at the network boundary (t2ijax/precision.py,
   # `_train_apply`); BCE, colour consistency, KL and the DAMSM stay float32.
   compute_dtypes = ('float32', 'bfloat16')
-  compute_dtype = 'float32'   # config.precision's, set in __init__
 
   def __init__(self, config, vocab, num_train_examples):
     sizes = tuple(sorted(config.data.image_sizes))
@@ -121,11 +120,6 @@ class StackGanPP(gan.TextToImageGan):
       return self._train_apply(self.generator, variables, z, embedding, ca_key=key)
     return precision.apply(self.generator, variables, z, embedding, ca_key=key,
                            train=False, compute_dtype=self.compute_dtype), {}
-
-  def _train_apply(self, module, variables, *args, method=None, **kwargs):
-    """`gan.apply_train` in the method's compute dtype: (float32 out, collections)."""
-    return gan.apply_train(module, variables, *args, method=method,
-                           compute_dtype=self.compute_dtype, **kwargs)
 
   # ---- losses ----
   def discriminator_loss(self, index, params, collections, real, fake,
