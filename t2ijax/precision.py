@@ -21,6 +21,11 @@ import jax.numpy as jnp
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+def config_dtype(config) -> str:
+  """config.precision.compute_dtype, or 'float32' for configs without it."""
+  return config.precision.compute_dtype if 'precision' in config else 'float32'
+
+
 def cast_floating(tree: Any, dtype) -> Any:
   """Every floating array leaf of `tree` as `dtype` (integers, bools, keys kept)."""
   def cast(x):

@@ -54,10 +54,10 @@ DISCRIMINATOR_SIZES = (32, 64, 128, 256)
 
 
 class InitStage(nn.Module):
-  """INIT_STAGE_G: concat(c, z) -> (B, 64, 64, channels // 16).
+  """INIT_STAGE_G: concat(c, z) -> (B, 64, 64, channels // 16) (official).
 
   fc (no bias) to 2 * 16 * channels, BN1d, GLU, viewed as (channels, 4, 4),
-  then four upBlocks halving the channels.
+  then `num_upsamples` upBlocks halving the channels.
 
   Attributes:
     channels: width at 4x4 (16 * ngf officially).

@@ -2,8 +2,8 @@
 
 Written for DF-GAN (t2ijax/models/dfgan.py), whose train step differentiates
 D twice (MA-GP) and upsamples before every 3x3 conv of G; the up-blocks of the
-AttnGAN family (`layers.UpBlock`) use `upsample_conv3x3` too. Each equals the plain form up to float rounding (tested
-in tests/test_dfgan.py against torch):
+AttnGAN family (`layers.UpBlock`) use `upsample_conv3x3` too. Each equals the
+plain form up to float rounding (tested in tests/test_dfgan.py against torch):
   * `upsample_conv3x3`: conv3x3 after nearest 2x upsampling as four 2x2
     convolutions at the low resolution, one per output phase (16 instead of
     36 multiply-adds per pixel pair of channels);

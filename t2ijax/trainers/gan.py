@@ -98,7 +98,7 @@ class TextToImageGan(method_lib.Method):
     self.generator = self.make_generator()
     self.discriminators = [self.make_discriminator(size) for size in self.sizes]
     # G and D compute in this dtype where a family allows it (`compute_dtypes`).
-    self.compute_dtype = config.precision.compute_dtype if "precision" in config else "float32"
+    self.compute_dtype = precision.config_dtype(config)
     o = config.optim
     self.txs = {"G": optax.adam(o.g_lr, o.b1, o.b2)}
     for i in range(len(self.sizes)):

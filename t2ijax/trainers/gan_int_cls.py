@@ -70,16 +70,6 @@ def style_loss(z: jax.Array, z_hat: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(jnp.square(z - z_hat), axis=-1))
 
 
-def _apply_train(module, net_or_vars, *args, compute_dtype: str = 'float32', **kwargs):
-  """Train-mode apply (BN batch statistics): (float32 output, new batch_stats).
-
-  compute_dtype: see `t2ijax.precision`; the statistics stay float32.
-  """
-  variables = net_or_vars if isinstance(net_or_vars, dict) else net_or_vars.variables()
-  return precision.apply(module, variables, *args, train=True, mutable=['batch_stats'],
-                         compute_dtype=compute_dtype, **kwargs)
-
-
 class GanIntCls(gan.TextToImageGan):
   """Nets 'G', 'D0', 'S' (style encoder), the frozen DAMSM and conditioning nets."""
   # bfloat16: G, D and S cast at the network boundary (t2ijax/precision.py);
@@ -181,9 +171,6 @@ class GanIntCls(gan.TextToImageGan):
     return precision.apply(module, variables, *args, train=False,
                            compute_dtype=self.compute_dtype)
 
-  def _train_apply(self, module, net_or_vars, *args):
-    return _apply_train(module, net_or_vars, *args, compute_dtype=self.compute_dtype)
-
   def _condition(self, state, batch, split, key, wrong=False):
     return self.conditioner.from_batch(state, batch, split, key, wrong=wrong)
 
@@ -201,7 +188,7 @@ class GanIntCls(gan.TextToImageGan):
     z = jax.random.normal(k_z, (b, z_dim))
     g, d, disc = state.nets['G'], state.nets['D0'], self.discriminators[0]
 
-    fake, g_cols = self._train_apply(self.generator, g, z, text)
+    fake, g_cols = self._train_apply(self.generator, g.variables(), z, text)
     fake = jax.lax.stop_gradient(fake)
 
     def d_loss_fn(params):
@@ -226,7 +213,7 @@ class GanIntCls(gan.TextToImageGan):
 
     def g_loss_fn(params):
       images, cols = self._train_apply(self.generator, {'params': params, **g_cols}, z2, g_text)
-      logits, dc = self._train_apply(disc, d, images, g_text)
+      logits, dc = self._train_apply(disc, d.variables(), images, g_text)
       return generator_loss(logits, b, loss_cfg.interp_weight), (cols, dc)
 
     (g_loss, (g_cols, d_cols)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g.params)

@@ -25,6 +25,7 @@ from t2ijax import checkpoint as ckpt_lib
 from t2ijax import distributed
 from t2ijax import errors
 from t2ijax import parallel
+from t2ijax import precision
 from t2ijax import registry
 from t2ijax import sharding_rules
 from t2ijax import writers
@@ -121,7 +122,7 @@ def write_config(config, workdir: str, vocab) -> None:
 
 def _check_precision(config, method_class) -> None:
   """config.precision.compute_dtype: a known dtype the method can compute in."""
-  dtype = config.precision.compute_dtype if "precision" in config else "float32"
+  dtype = precision.config_dtype(config)
   if dtype not in ("float32", "bfloat16"):
     raise errors.ConfigError(
         f"precision.compute_dtype={dtype!r} is not 'float32' or 'bfloat16'")

@@ -41,10 +41,9 @@ def _variant_hint(config) -> str:
 
 class MirrorGan(attngan_trainer.AttnGan):
   """AttnGAN's trainer with GLAM stages and STREAM's re-description loss."""
-  # bfloat16 (AttnGAN's): G with its GLAM stages and the Ds compute in it;
-  # the frozen STREAM re-describes the float32 image in float32, as the
-  # frozen DAMSM encodes in float32.
-  compute_dtypes = ('float32', 'bfloat16')
+  # bfloat16 as AttnGAN (compute_dtypes inherited): G with its GLAM stages and
+  # the Ds compute in it; the frozen STREAM re-describes the float32 image in
+  # float32, as the frozen DAMSM encodes in float32.
   generator_module = mirrorgan.Generator
 
   def __init__(self, config, vocab, num_train_examples):

@@ -102,7 +102,7 @@ class PixelCnn(method_lib.Method):
     _check_model_config(config)
     self.size = _image_size(config)
     self.model = make_model(config)
-    self.compute_dtype = config.precision.compute_dtype if 'precision' in config else 'float32'
+    self.compute_dtype = precision.config_dtype(config)
     self.damsm = None
     if config.model.condition == 'caption':
       from t2ijax.encoders import damsm_loader
