@@ -173,6 +173,8 @@ def test_class_variant_trains_evaluates_and_samples(data_dir, tmp_path):
   result = main.run(config, workdir, 'train')
   assert 0.0 < result['eval/bits_per_dim'] < 9.0
   assert result['eval/num_samples'] == 2          # cached samples of the eval batch
+  # Paired with the neighbour's label; 2 trained steps may move it a little.
+  assert abs(result['eval/condition_gain_bits_per_image']) < 50.0
   sampled = main.run(_class_config(data_dir), workdir, 'sample')
   assert os.path.exists(sampled['grid']) and sampled['num_samples'] == 4
 
@@ -186,3 +188,59 @@ def test_bad_config_is_a_config_error(data_dir):
   config.data.image_sizes = (16, 32)
   with pytest.raises(errors.ConfigError, match='one image size'):
     trainer.PixelCnn(config, vocab=None, num_train_examples=32)
+  config = _class_config(data_dir)
+  config.sample.temperature = 0.0
+  with pytest.raises(errors.ConfigError, match='sample.temperature'):
+    trainer.PixelCnn(config, vocab=None, num_train_examples=32)
+
+
+def test_mismatched_condition_eval_pairs_each_image_with_its_neighbours_label(data_dir):
+  config = _class_config(data_dir)
+  config.eval.samples_per_batch = 0                # bits/dim only
+  method = trainer.PixelCnn(config, vocab=None, num_train_examples=32)
+  state = jax.jit(method.init_state)(jax.random.key(0))
+  rng = np.random.default_rng(1)
+  batch = {'image16': rng.integers(0, 256, (4, 16, 16, 3)).astype(np.uint8),
+           'class_id': np.array([0, 7, 14, 21], np.int32)}
+  evaluate = jax.jit(method.eval_step)
+  # Zero-initialised conditioning: the label changes nothing, bit for bit.
+  out = evaluate(state, batch)
+  np.testing.assert_array_equal(np.asarray(out['bits_per_dim']),
+                                np.asarray(out['bits_per_dim_mismatched']))
+  # Random conditioning weights: now it does, and "mismatched" is exactly the
+  # bits/dim of the batch whose labels are rolled by one.
+  net = state.nets['pixelcnn']
+  labels = trainer.conditioning_labels(net.params)
+  keys = iter(jax.random.split(jax.random.key(3), len(jax.tree.leaves(net.params))))
+  params = jax.tree.map(
+      lambda p, label: p + 0.3 * jax.random.normal(next(keys), p.shape)
+      if label == 'conditioning' else p, net.params, labels)
+  state = state.replace(nets=dict(state.nets, pixelcnn=net.replace(params=params)))
+  out = evaluate(state, batch)
+  matched, other = np.asarray(out['bits_per_dim']), np.asarray(out['bits_per_dim_mismatched'])
+  assert np.abs(matched - other).max() > 1e-3
+  rolled = dict(batch, class_id=np.roll(batch['class_id'], 1))
+  np.testing.assert_allclose(
+      other, np.asarray(jax.jit(method.bits_per_dim)(params, state, rolled)), rtol=1e-6)
+  summary = method.summarize_eval([jax.device_get(out)])
+  gain = (other.astype(np.float64) - matched) * 16 * 16 * 3
+  assert summary['condition_gain_bits_per_image'] == pytest.approx(gain.mean(), rel=1e-6)
+  assert summary['condition_gain_bits_per_image_sem'] == pytest.approx(
+      gain.std(ddof=1) / 2.0, rel=1e-6)
+
+
+def test_learning_rate_schedules(data_dir):
+  optim = _class_config(data_dir).optim
+  optim.lr = 0.002
+  assert float(trainer.learning_rate_schedule(optim, 100)(77)) == pytest.approx(0.002)
+  optim.schedule = 'cosine'
+  cosine = trainer.learning_rate_schedule(optim, 100)
+  # lr/2 (1 + cos(pi t / T)): the peak, half of it midway, 0 at the end.
+  for step, expected in ((0, 0.002), (50, 0.001), (25, 0.001 * (1 + math.cos(math.pi / 4))),
+                         (100, 0.0)):
+    assert float(cosine(step)) == pytest.approx(expected, abs=1e-9), step
+  with pytest.raises(errors.ConfigError, match='train.num_steps'):
+    trainer.learning_rate_schedule(optim, 0)
+  optim.schedule = 'linear'
+  with pytest.raises(errors.ConfigError, match="'constant' or 'cosine'"):
+    trainer.learning_rate_schedule(optim, 100)

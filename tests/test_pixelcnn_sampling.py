@@ -42,14 +42,14 @@ def _setup(condition, batch):
   return model, variables['params'], g, s
 
 
-@pytest.mark.parametrize('condition', ['none', 'caption'])
-def test_cached_equals_naive(condition):
+@pytest.mark.parametrize('condition,temperature', [('none', 1.0), ('caption', 0.6)])
+def test_cached_equals_naive(condition, temperature):
   model, params, g, s = _setup(condition, batch=2)
   key = jax.random.key(11)
-  naive = jax.jit(lambda p, gg, ss: sampling.naive_sample(model, p, gg, ss, key, 2))(
-      params, g, s)
+  naive = jax.jit(lambda p, gg, ss: sampling.naive_sample(
+      model, p, gg, ss, key, 2, temperature=temperature))(params, g, s)
   cached, logits = jax.jit(lambda p, gg, ss: sampling.cached_sample(
-      model, p, gg, ss, key, 2, return_logits=True))(params, g, s)
+      model, p, gg, ss, key, 2, return_logits=True, temperature=temperature))(params, g, s)
   np.testing.assert_array_equal(np.asarray(cached), np.asarray(naive))
   # The logits the cached sampler drew from are the full forward's on its image.
   full = model.apply({'params': params}, cached, g, s, method=model.decode)
@@ -58,20 +58,21 @@ def test_cached_equals_naive(condition):
   assert len(np.unique(np.asarray(cached))) > 20
   # Another key, other samples.
   other = jax.jit(lambda p, gg, ss: sampling.cached_sample(
-      model, p, gg, ss, jax.random.key(12), 2))(params, g, s)
+      model, p, gg, ss, jax.random.key(12), 2, temperature=temperature))(params, g, s)
   assert np.mean(np.asarray(other) != np.asarray(cached)) > 0.5
 
 
-def test_cached_sampler_sharded_over_data_axis():
-  batch = 8
-  model, params, g, s = _setup('caption', batch)
-  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
-  rows = NamedSharding(mesh, P('data'))
-  key = jax.random.key(5)
-  fn = lambda p, gg, ss: sampling.cached_sample(model, p, gg, ss, key, batch)
-  single = jax.jit(fn)(params, g, s)
-  sharded = jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), rows, rows),
-                    out_shardings=rows)(params, jax.device_put(g, rows),
-                                        jax.device_put(s, rows))
-  assert sharded.sharding.spec == P('data')
-  np.testing.assert_array_equal(np.asarray(sharded), np.asarray(single))
+def test_temperature_toward_zero_draws_the_most_likely_value():
+  # Same model and key: at temperature 1 the draws spread over the model's
+  # distribution; as the temperature goes to 0 they become its argmax (of the
+  # untempered logits the sampler returns, given the pixels drawn before).
+  model, params, g, s = _setup('caption', batch=4)
+  key = jax.random.key(21)
+
+  def argmax_share(temperature):
+    x, logits = jax.jit(lambda p, gg, ss: sampling.cached_sample(
+        model, p, gg, ss, key, 4, return_logits=True, temperature=temperature))(params, g, s)
+    return float(jnp.mean(x == jnp.argmax(logits, -1)))
+
+  assert argmax_share(1.0) < 0.5
+  assert argmax_share(0.01) > 0.9

@@ -89,6 +89,26 @@ def conditioning_labels(params):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
+  """optim.schedule: 'constant' at optim.lr, or 'cosine' from optim.lr to 0 at num_steps.
+
+  'cosine' anneals the last steps, so the final checkpoint is a settled model
+  rather than one draw of a still-jittering walk (for comparing runs, issue 6);
+  at the demo's 1,000 steps it also learns less (docs/models.md).
+  """
+  kind = optim.get('schedule', 'constant')
+  if kind == 'constant':
+    return optax.constant_schedule(optim.lr)
+  if kind == 'cosine':
+    if num_steps <= 0:
+      raise errors.ConfigError(
+          "optim.schedule='cosine' decays over train.num_steps, which must be > 0 "
+          f'(it is {num_steps}); set train.num_steps or optim.schedule=constant')
+    return optax.cosine_decay_schedule(optim.lr, num_steps)
+  raise errors.ConfigError(
+      f"optim.schedule={kind!r} is not 'constant' or 'cosine'")
+
+
 class PixelCnn(method_lib.Method):
   """Likelihood training of the Gated (Conditional) PixelCNN."""
   # bfloat16: the likelihood's forward (training and eval bits/dim) casts at the
@@ -103,13 +123,18 @@ class PixelCnn(method_lib.Method):
     self.size = _image_size(config)
     self.model = make_model(config)
     self.compute_dtype = precision.config_dtype(config)
+    self._temperature()   # a bad sample.temperature fails here, not after training
     self.damsm = None
     if config.model.condition == 'caption':
       from t2ijax.encoders import damsm_loader
       self.damsm = damsm_loader.load(config.damsm.workdir, vocab)
     o = config.optim
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    adam = optax.adam(o.lr, o.b1, o.b2)
+    self.learning_rate = learning_rate_schedule(o, config.train.num_steps)
+    # A constant rate as a float: the optimizer state then has no schedule
+    # count, as in checkpoints written before schedules existed.
+    constant = o.get('schedule', 'constant') == 'constant'
+    adam = optax.adam(o.lr if constant else self.learning_rate, o.b1, o.b2)
     scale = o.get('conditioning_lr_scale', 1.0)
     if scale != 1.0:
       adam = optax.chain(adam, optax.multi_transform(
@@ -189,9 +214,10 @@ class PixelCnn(method_lib.Method):
                                 rng=jax.random.key_data(k_state), nets=nets)
 
   # ---- likelihood ----
-  def bits_per_dim(self, params, state, batch) -> jax.Array:
+  def bits_per_dim(self, params, state, batch, cond: dict | None = None) -> jax.Array:
+    """Per-image bits/dim of the batch, given its conditioning inputs (default: its own)."""
     x = self.images(batch)
-    inputs = (x, self.cond_inputs(state, batch))
+    inputs = (x, self.cond_inputs(state, batch) if cond is None else cond)
     if self.compute_dtype != 'float32':
       # uint8 images as floats, so that they are cast too (0..255 are exact in
       # bfloat16) and the decoder's first convolution runs in bfloat16.
@@ -207,20 +233,32 @@ class PixelCnn(method_lib.Method):
     bpd, grads = jax.value_and_grad(loss_fn)(net.params)
     nets = dict(state.nets, pixelcnn=state_lib.apply_updates(net, grads, self.tx))
     return state.replace(step=state.step + 1, nets=nets), {
-        'bits_per_dim': bpd, 'grad_norm': optax.tree.norm(grads)}
+        'bits_per_dim': bpd, 'grad_norm': optax.tree.norm(grads),
+        'lr': self.learning_rate(state.step)}
 
   # ---- sampling ----
   def sample(self, state, cond: dict, key: jax.Array, batch_size: int,
              cached: bool = True) -> jax.Array:
     """(B, H, W, 3) uint8 samples given conditioning inputs (jittable).
 
-    Always float32, whatever precision.compute_dtype: the cached and naive
-    samplers (t2ijax/trainers/pixelcnn_sampling.py) apply the model directly.
+    At config.sample.temperature (1: the model's distribution), for --mode=sample
+    and the samples eval judges alike. Always float32, whatever
+    precision.compute_dtype: the cached and naive samplers
+    (t2ijax/trainers/pixelcnn_sampling.py) apply the model directly.
     """
     params = state.nets['pixelcnn'].params
     g, s = self.model.apply({'params': params}, cond, method=self.model.conditioning)
     fn = pixelcnn_sampling.cached_sample if cached else pixelcnn_sampling.naive_sample
-    return fn(self.model, params, g, s, key, batch_size).astype(jnp.uint8)
+    return fn(self.model, params, g, s, key, batch_size,
+              temperature=self._temperature()).astype(jnp.uint8)
+
+  def _temperature(self) -> float:
+    t = float(self.config.sample.get('temperature', 1.0))
+    if t <= 0:
+      raise errors.ConfigError(
+          f'sample.temperature={t} must be > 0 (1 samples the model as trained, '
+          '< 1 sharper)')
+    return t
 
   def _eval_samples(self) -> int:
     """Samples drawn per eval batch (to judge them with the shapes classifier)."""
@@ -228,9 +266,21 @@ class PixelCnn(method_lib.Method):
       return 0
     return min(self.config.eval.samples_per_batch, self.config.eval.batch_size)
 
+  def _judges_mismatched_condition(self) -> bool:
+    return (self.config.model.condition in ('class', 'caption')
+            and self.config.eval.get('mismatched_condition', True))
+
   def eval_step(self, state, batch):
-    bpd = self.bits_per_dim(state.nets['pixelcnn'].params, state, batch)
+    params = state.nets['pixelcnn'].params
+    cond = self.cond_inputs(state, batch)
+    bpd = self.bits_per_dim(params, state, batch, cond)
     out = {'bits_per_dim': bpd}
+    if self._judges_mismatched_condition():
+      # Each image again under its neighbour's caption (label): paired per image,
+      # so the difference is what the model draws from its own condition, free of
+      # the seed-to-seed spread an unconditional model would add (issue 6).
+      other = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), cond)
+      out['bits_per_dim_mismatched'] = self.bits_per_dim(params, state, batch, other)
     k = self._eval_samples()
     if k > 0:
       small = jax.tree.map(lambda x: x[:k], dict(batch))
@@ -242,10 +292,20 @@ class PixelCnn(method_lib.Method):
     return out
 
   def summarize_eval(self, outputs):
-    result = {'bits_per_dim': float(np.mean(np.concatenate(
-        [np.asarray(o['bits_per_dim']) for o in outputs])))}
+    bpd = np.concatenate([np.asarray(o['bits_per_dim']) for o in outputs])
+    result = {'bits_per_dim': float(np.mean(bpd))}
+    if 'bits_per_dim_mismatched' in outputs[0]:
+      other = np.concatenate([np.asarray(o['bits_per_dim_mismatched']) for o in outputs])
+      # In bits per image, to compare with what a condition can state (a shapes
+      # caption at most log2(5*6*2*5*4) = 10.2 bits).
+      gain = (other - bpd).astype(np.float64) * self.size * self.size * 3
+      result['bits_per_dim_mismatched'] = float(np.mean(other))
+      result['condition_gain_bits_per_image'] = float(np.mean(gain))
+      result['condition_gain_bits_per_image_sem'] = float(
+          np.std(gain, ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
     if 'images' in outputs[0]:
       result['num_samples'] = int(sum(len(o['images']) for o in outputs))
+      result['sample_temperature'] = self._temperature()
       if 'attributes' in outputs[0] and self.config.eval.shapes_classifier:
         from t2ijax.trainers import gan
         # The GAN trainer's judge: per attribute, classifier(sample) == the label's.

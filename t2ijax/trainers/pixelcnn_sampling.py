@@ -32,12 +32,19 @@ def _subpixel_key(key: jax.Array, t) -> jax.Array:
   return jax.random.fold_in(key, t)
 
 
+def _draw(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
+  """A level per row of (B, 256) logits from softmax(logits / temperature)."""
+  return jax.random.categorical(key, logits / temperature).astype(jnp.int32)
+
+
 def naive_sample(model: model_lib.PixelCnnModel, params, global_cond, spatial_cond,
-                 key: jax.Array, batch_size: int, num_steps: int | None = None) -> jax.Array:
+                 key: jax.Array, batch_size: int, num_steps: int | None = None,
+                 temperature: float = 1.0) -> jax.Array:
   """(B, H, W, 3) int32 samples: the whole decoder runs for every sub-pixel.
 
   num_steps < H * W * 3 stops after that many sub-pixels (the rest stay 0), for
   timing a prefix: every step costs one full forward, whatever t.
+  temperature < 1 sharpens every sub-pixel's distribution (1: the model's own).
   """
   size = model.image_size
   total = size * size * 3 if num_steps is None else num_steps
@@ -51,7 +58,7 @@ def naive_sample(model: model_lib.PixelCnnModel, params, global_cond, spatial_co
     row = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)
     pix = jax.lax.dynamic_index_in_dim(row, j, axis=1, keepdims=False)
     sub = jax.lax.dynamic_index_in_dim(pix, c, axis=1, keepdims=False)   # (B, 256)
-    value = jax.random.categorical(_subpixel_key(key, t), sub).astype(jnp.int32)
+    value = _draw(_subpixel_key(key, t), sub, temperature)
     return x.at[:, i, j, c].set(value)
 
   return jax.lax.fori_loop(0, total, step, x0)
@@ -99,8 +106,12 @@ def _row_of(cond: jax.Array, r) -> jax.Array:
 
 
 def cached_sample(model: model_lib.PixelCnnModel, params, global_cond, spatial_cond,
-                  key: jax.Array, batch_size: int, return_logits: bool = False):
-  """(B, H, W, 3) int32 samples (and their logits (B, H, W, 3, 256) if asked)."""
+                  key: jax.Array, batch_size: int, return_logits: bool = False,
+                  temperature: float = 1.0):
+  """(B, H, W, 3) int32 samples (and their logits (B, H, W, 3, 256) if asked).
+
+  The logits returned are the model's, before dividing by the temperature.
+  """
   size, b = model.image_size, batch_size
   layers, head = _layer_constants(model, params, global_cond, spatial_cond, b)
   in_dims = [3] + [model.features] * (model.num_layers - 1)
@@ -132,7 +143,7 @@ def cached_sample(model: model_lib.PixelCnnModel, params, global_cond, spatial_c
       k_c = head['k2'].reshape(head['k2'].shape[-2], 3, _LEVELS)[:, c]
       logits = hidden @ k_c + head['b2'].reshape(3, _LEVELS)[c]
       t = (r * size + j) * 3 + c
-      drawn = jax.random.categorical(_subpixel_key(key, t), logits).astype(jnp.int32)
+      drawn = _draw(_subpixel_key(key, t), logits, temperature)
       value = value.at[:, c].set(drawn)
       all_logits.append(logits)
     # Layer 0 reads the finished pixel; deeper layers read features that, by the
