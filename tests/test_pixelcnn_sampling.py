@@ -76,3 +76,18 @@ def test_temperature_toward_zero_draws_the_most_likely_value():
 
   assert argmax_share(1.0) < 0.5
   assert argmax_share(0.01) > 0.9
+
+
+def test_cached_sampler_sharded_over_data_axis():
+  batch = 8
+  model, params, g, s = _setup('caption', batch)
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  rows = NamedSharding(mesh, P('data'))
+  key = jax.random.key(5)
+  fn = lambda p, gg, ss: sampling.cached_sample(model, p, gg, ss, key, batch)
+  single = jax.jit(fn)(params, g, s)
+  sharded = jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), rows, rows),
+                    out_shardings=rows)(params, jax.device_put(g, rows),
+                                        jax.device_put(s, rows))
+  assert sharded.sharding.spec == P('data')
+  np.testing.assert_array_equal(np.asarray(sharded), np.asarray(single))
