@@ -232,7 +232,8 @@ def test_mismatched_condition_eval_pairs_each_image_with_its_neighbours_label(da
 def test_learning_rate_schedules(data_dir):
   optim = _class_config(data_dir).optim
   optim.lr = 0.002
-  assert float(trainer.learning_rate_schedule(optim, 100)(77)) == pytest.approx(0.002)
+  # A float, not a schedule: Adam's state keeps the layout of older checkpoints.
+  assert trainer.learning_rate_schedule(optim, 100) == 0.002
   optim.schedule = 'cosine'
   cosine = trainer.learning_rate_schedule(optim, 100)
   # lr/2 (1 + cos(pi t / T)): the peak, half of it midway, 0 at the end.

@@ -89,16 +89,18 @@ def conditioning_labels(params):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
+def learning_rate_schedule(optim, num_steps: int) -> float | optax.Schedule:
   """optim.schedule: 'constant' at optim.lr, or 'cosine' from optim.lr to 0 at num_steps.
 
+  A constant rate comes back as a float: Adam's state then has no schedule count,
+  as in the checkpoints written before schedules existed, so those still restore.
   'cosine' anneals the last steps, so the final checkpoint is a settled model
   rather than one draw of a still-jittering walk (for comparing runs, issue 6);
   at the demo's 1,000 steps it also learns less (docs/models.md).
   """
   kind = optim.get('schedule', 'constant')
   if kind == 'constant':
-    return optax.constant_schedule(optim.lr)
+    return float(optim.lr)
   if kind == 'cosine':
     if num_steps <= 0:
       raise errors.ConfigError(
@@ -107,6 +109,16 @@ def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
     return optax.cosine_decay_schedule(optim.lr, num_steps)
   raise errors.ConfigError(
       f"optim.schedule={kind!r} is not 'constant' or 'cosine'")
+
+
+def sample_temperature(config) -> float:
+  """config.sample.temperature, checked: > 0 (1 samples the model as trained)."""
+  t = float(config.sample.get('temperature', 1.0))
+  if t <= 0:
+    raise errors.ConfigError(
+        f'sample.temperature={t} must be > 0 (1 samples the model as trained, '
+        '< 1 sharper)')
+  return t
 
 
 class PixelCnn(method_lib.Method):
@@ -123,7 +135,8 @@ class PixelCnn(method_lib.Method):
     self.size = _image_size(config)
     self.model = make_model(config)
     self.compute_dtype = precision.config_dtype(config)
-    self._temperature()   # a bad sample.temperature fails here, not after training
+    # Read here, so that a bad sample.temperature fails before training, not after.
+    self.temperature = sample_temperature(config)
     self.damsm = None
     if config.model.condition == 'caption':
       from t2ijax.encoders import damsm_loader
@@ -131,10 +144,7 @@ class PixelCnn(method_lib.Method):
     o = config.optim
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
     self.learning_rate = learning_rate_schedule(o, config.train.num_steps)
-    # A constant rate as a float: the optimizer state then has no schedule
-    # count, as in checkpoints written before schedules existed.
-    constant = o.get('schedule', 'constant') == 'constant'
-    adam = optax.adam(o.lr if constant else self.learning_rate, o.b1, o.b2)
+    adam = optax.adam(self.learning_rate, o.b1, o.b2)
     scale = o.get('conditioning_lr_scale', 1.0)
     if scale != 1.0:
       adam = optax.chain(adam, optax.multi_transform(
@@ -234,7 +244,11 @@ class PixelCnn(method_lib.Method):
     nets = dict(state.nets, pixelcnn=state_lib.apply_updates(net, grads, self.tx))
     return state.replace(step=state.step + 1, nets=nets), {
         'bits_per_dim': bpd, 'grad_norm': optax.tree.norm(grads),
-        'lr': self.learning_rate(state.step)}
+        'lr': self._learning_rate_at(state.step)}
+
+  def _learning_rate_at(self, step: jax.Array) -> jax.Array:
+    lr = self.learning_rate
+    return lr(step) if callable(lr) else jnp.float32(lr)
 
   # ---- sampling ----
   def sample(self, state, cond: dict, key: jax.Array, batch_size: int,
@@ -250,15 +264,7 @@ class PixelCnn(method_lib.Method):
     g, s = self.model.apply({'params': params}, cond, method=self.model.conditioning)
     fn = pixelcnn_sampling.cached_sample if cached else pixelcnn_sampling.naive_sample
     return fn(self.model, params, g, s, key, batch_size,
-              temperature=self._temperature()).astype(jnp.uint8)
-
-  def _temperature(self) -> float:
-    t = float(self.config.sample.get('temperature', 1.0))
-    if t <= 0:
-      raise errors.ConfigError(
-          f'sample.temperature={t} must be > 0 (1 samples the model as trained, '
-          '< 1 sharper)')
-    return t
+              temperature=self.temperature).astype(jnp.uint8)
 
   def _eval_samples(self) -> int:
     """Samples drawn per eval batch (to judge them with the shapes classifier)."""
@@ -305,7 +311,7 @@ class PixelCnn(method_lib.Method):
           np.std(gain, ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
     if 'images' in outputs[0]:
       result['num_samples'] = int(sum(len(o['images']) for o in outputs))
-      result['sample_temperature'] = self._temperature()
+      result['sample_temperature'] = self.temperature
       if 'attributes' in outputs[0] and self.config.eval.shapes_classifier:
         from t2ijax.trainers import gan
         # The GAN trainer's judge: per attribute, classifier(sample) == the label's.
