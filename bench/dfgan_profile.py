@@ -1,6 +1,9 @@
 r"""Where the DF-GAN train step spends its time on XLA:CPU, per HLO op kind, as JSON.
 
-  python bench/dfgan_profile.py --size=64 --cores=1 --out=bench/out/dfgan_profile.json
+  python bench/dfgan_profile.py --size=64 --cores=1 --out_json=bench/dfgan_profile_cpu.json
+      [--xla_flags='--xla_cpu_use_onednn=true'] [--profile_steps=3]
+
+--cores pins the process to that many CPUs (default 1; 0: all).
 
 Runs the step of bench/dfgan_step.py (D with MA-GP + G, batch 8, nf 32) under the
 jax profiler with XLA:CPU's per-thunk trace events on, and joins each event to its
@@ -10,8 +13,8 @@ instruction in the optimised HLO (dumped to a temporary folder) to sum the time 
     kernel gradients (XLA's layout: the image's channels as the batch, the
     whole image as the window), '+3ch' where the image side has 3 channels;
   * every other op by its name without the number (fusions by their kind).
-Each convolution also gets its GFLOP/s, next to a large matmul's on the same cores. This is what docs/models.md's 64 px
-analysis (issue 4) rests on; extra XLA flags to compare go in --xla_flags.
+Each convolution also gets its GFLOP/s, next to a large matmul's on the same cores.
+This is what docs/models.md's 64 px analysis (issue 4) rests on.
 """
 
 import collections
