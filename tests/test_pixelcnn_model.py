@@ -46,6 +46,46 @@ def test_bits_per_dim_matches_numpy_formula():
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
 
 
+
+def test_dense_log_prob_and_its_gradient_match_autodiff_of_the_plain_formula():
+  # The hand-written backward (likelihood.dense_log_prob) against jax.grad of
+  # dense layer -> image_bits_per_dim, including a target at a masked-out level.
+  k = jax.random.split(jax.random.key(0), 4)
+  features = jax.random.normal(k[0], (2, 3, 4, 6))
+  kernel = jax.random.normal(k[1], (6, 3 * 256)) * 0.5
+  bias = jax.random.normal(k[2], (3 * 256,))
+  image = jax.random.randint(k[3], (2, 3, 4, 3), 0, 256).at[0, 0, 0, 0].set(255)
+  weights = jnp.arange(1.0, 3.0)   # a non-uniform cotangent per image
+
+  def plain(f, w, b):
+    logits = (f @ w + b).reshape(2, 3, 4, 3, 256)
+    return jnp.sum(weights * likelihood.image_bits_per_dim(logits, image))
+
+  def fused(f, w, b):
+    return jnp.sum(weights * likelihood.dense_bits_per_dim(f, w, b, image))
+
+  np.testing.assert_allclose(float(fused(features, kernel, bias)),
+                             float(plain(features, kernel, bias)), rtol=1e-6)
+  want = jax.grad(plain, argnums=(0, 1, 2))(features, kernel, bias)
+  got = jax.grad(fused, argnums=(0, 1, 2))(features, kernel, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6)
+
+
+def test_model_head_split_gives_the_models_logits():
+  # logits=False plus head_kernel is the same network as the full forward.
+  model = _tiny_model('none')
+  x = jax.random.randint(jax.random.key(1), (2, 8, 8, 3), 0, 256)
+  params = model.init(jax.random.key(2), x)['params']
+  logits = model.apply({'params': params}, x)
+  features = model.apply({'params': params}, x, logits=False)
+  kernel, bias = model_lib.head_kernel(params)
+  np.testing.assert_allclose(np.asarray((features @ kernel + bias).reshape(logits.shape)),
+                             np.asarray(logits), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(likelihood.dense_bits_per_dim(features, kernel, bias, x)),
+      np.asarray(likelihood.image_bits_per_dim(logits, x)), rtol=1e-6)
+
 def _tiny_model(condition, spatial=0, words=False, size=8, zero_init=False):
   # Widths of 4+ units per colour group, so ReLUs do not silence a whole group.
   # zero_init=False: random conditioning projections (a perturbed start), so

@@ -46,7 +46,9 @@ class GatedPixelCnn(nn.Module):
   zero_init_conditioning: bool = True   # conditioning projections start at 0
 
   @nn.compact
-  def __call__(self, x, global_cond=None, spatial_cond=None):
+  def __call__(self, x, global_cond=None, spatial_cond=None, logits: bool = True):
+    """Logits (B, H, W, 3, 256); logits=False: the last layer's input instead
+    (B, H, W, head_features), for likelihood.dense_log_prob (see head_kernel)."""
     x = scale_input(x)
     v = h = x
     skip = 0.0
@@ -57,9 +59,21 @@ class GatedPixelCnn(nn.Module):
                               name=f'layer_{i}')(v, h, global_cond, spatial_cond)
       skip = skip + s
     out = gp.masked_1x1(self.head_features, 'B', 'head_1')(nn.relu(skip))
+    if not logits:
+      return nn.relu(out)
     out = gp.masked_1x1(3 * NUM_LEVELS, 'B', 'head_2')(nn.relu(out))
     # Channel layout [R logits | G logits | B logits]: group c is logits of colour c.
     return out.reshape(*out.shape[:-1], 3, NUM_LEVELS)
+
+
+def head_kernel(params) -> tuple[jax.Array, jax.Array]:
+  """The last layer's masked (head_features, 3 * 256) kernel and its bias.
+
+  With GatedPixelCnn(logits=False)'s output f, the logits are f @ kernel + bias.
+  """
+  head = params['decoder']['head_2']
+  kernel = gp.masked_kernel(head['kernel'], 'B')
+  return kernel.reshape(kernel.shape[-2:]), head['bias']
 
 
 class SpatialFromVector(nn.Module):
@@ -165,9 +179,9 @@ class PixelCnnModel(nn.Module):
         s = self.words(s, cond['words'], cond['mask'])
     return g, s
 
-  def decode(self, x, global_cond=None, spatial_cond=None):
-    return self.decoder(x, global_cond, spatial_cond)
+  def decode(self, x, global_cond=None, spatial_cond=None, logits: bool = True):
+    return self.decoder(x, global_cond, spatial_cond, logits)
 
-  def __call__(self, x, cond: dict | None = None):
+  def __call__(self, x, cond: dict | None = None, logits: bool = True):
     g, s = self.conditioning(cond or {})
-    return self.decode(x, g, s)
+    return self.decode(x, g, s, logits)

@@ -124,8 +124,9 @@ def sample_temperature(config) -> float:
 class PixelCnn(method_lib.Method):
   """Likelihood training of the Gated (Conditional) PixelCNN."""
   # bfloat16: the likelihood's forward (training and eval bits/dim) casts at the
-  # network boundary (t2ijax/precision.py); the 256-way logits come back float32
-  # before the log-softmax, and the frozen DAMSM and the samplers stay float32.
+  # network boundary (t2ijax/precision.py); the last layer's input comes back
+  # float32, so the 3 x 256 logits and their softmaxes are float32, and the
+  # frozen DAMSM and the samplers stay float32.
   compute_dtypes = ('float32', 'bfloat16')
   compute_dtype = 'float32'   # config.precision's, set in __init__
 
@@ -233,9 +234,12 @@ class PixelCnn(method_lib.Method):
       # bfloat16) and the decoder's first convolution runs in bfloat16.
       inputs = jax.tree.map(
           lambda a: a.astype(jnp.float32) if a.dtype == jnp.uint8 else a, inputs)
-    logits = precision.apply(self.model, {'params': params}, *inputs,
-                             compute_dtype=self.compute_dtype)
-    return likelihood.image_bits_per_dim(logits, x)
+    # The network up to its last layer; that layer and the softmaxes in float32
+    # through one op with a hand-written gradient (likelihood.dense_log_prob).
+    features = precision.apply(self.model, {'params': params}, *inputs, logits=False,
+                               compute_dtype=self.compute_dtype)
+    kernel, bias = model_lib.head_kernel(params)
+    return likelihood.dense_bits_per_dim(features, kernel, bias, x)
 
   def train_step(self, state, batch):
     net = state.nets['pixelcnn']
