@@ -54,6 +54,8 @@ from t2ijax import config_base  # noqa: E402
 from t2ijax.trainers import dfgan as dfgan_trainer  # noqa: E402
 from tests import torch_dfgan_reference as ref  # noqa: E402
 
+import json_out  # noqa: E402  (bench/, the script's own folder)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', 'bench/out/dfgan_step.json', 'JSON output path')
 flags.DEFINE_string('sizes', '64,256', 'image sizes')
@@ -180,10 +182,7 @@ def main(argv):
   if FLAGS.append and os.path.exists(FLAGS.out):
     with open(FLAGS.out) as f:
       runs = json.load(f)['runs']
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out, 'w') as f:
-    json.dump({'runs': runs + [report]}, f, indent=2)
-  print(f'wrote {FLAGS.out}')
+  json_out.write({'runs': runs + [report]}, FLAGS.out)
 
 
 if __name__ == '__main__':

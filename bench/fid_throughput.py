@@ -40,6 +40,8 @@ from t2ijax.convert import torch_inception
 from t2ijax.encoders import inception
 from t2ijax.evaluation import features
 from tests import test_inception
+
+import json_out  # bench/, the script's own folder
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -129,10 +131,7 @@ def main(argv):
       'cpu_count': os.cpu_count(),
   }
   print(json.dumps(report, indent=2))
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out, 'w') as f:
-    json.dump(report, f, indent=2)
-  print(f'wrote {FLAGS.out}')
+  json_out.write(report, FLAGS.out)
 
 
 if __name__ == '__main__':

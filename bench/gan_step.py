@@ -23,6 +23,7 @@ import jax
 from t2ijax import config_base, parallel
 from t2ijax.trainers import loop
 
+import json_out  # bench/, the script's own folder
 import shapes_setup  # bench/, the script's own folder
 
 FLAGS = flags.FLAGS
@@ -81,10 +82,7 @@ def main(argv):
             "platform": jax.default_backend(), "num_devices": jax.device_count(),
             "jax": jax.__version__, "python": sys.version.split()[0],
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "results": results}
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out, "w") as f:
-    json.dump(report, f, indent=2)
-  print(f"wrote {FLAGS.out}")
+  json_out.write(report, FLAGS.out)
 
 
 if __name__ == "__main__":

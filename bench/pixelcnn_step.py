@@ -14,7 +14,6 @@ The JSON has both times (wall and process CPU, best of --repeats), their ratio
 and the largest relative difference between the two gradients.
 """
 
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,8 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from t2ijax.losses import likelihood
 from t2ijax.models import pixelcnn as model_lib
+
+import json_out  # bench/, the script's own folder
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -45,14 +46,11 @@ flags.DEFINE_integer('repeats', 10, 'timed calls of each (the best is kept)')
 SIZE = 32
 
 
-def _timed(fn, args, repeats):
-  walls, cpus = [], []
-  for _ in range(repeats):
-    w, c = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
-    walls.append(time.perf_counter() - w)
-    cpus.append(time.process_time() - c)
-  return min(walls), min(cpus)
+def _timed(fn, *args):
+  """(wall, process CPU) seconds of one call."""
+  w, c = time.perf_counter(), time.process_time()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - w, time.process_time() - c
 
 
 def _measure(layers: int, features: int) -> dict:
@@ -81,7 +79,7 @@ def _measure(layers: int, features: int) -> dict:
   best = {name: [float('inf'), float('inf')] for name in fns}
   for _ in range(FLAGS.repeats):       # alternate, so both see the same load
     for name, fn in fns.items():
-      wall, cpu = _timed(fn, (params, images), 1)
+      wall, cpu = _timed(fn, params, images)
       best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
   return {
       'layers': layers, 'features': features,
@@ -111,10 +109,7 @@ def main(argv):
       'load_average_at_end': os.getloadavg(),
       'platform': platform.platform(), 'processor': platform.processor(),
       'jax': jax.__version__, 'backend': jax.default_backend()}
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out, 'w') as f:
-    json.dump(report, f, indent=2)
-  print(f'wrote {FLAGS.out}')
+  json_out.write(report, FLAGS.out)
 
 
 if __name__ == '__main__':

@@ -54,6 +54,7 @@ from t2ijax import config_base  # noqa: E402
 from t2ijax import parallel  # noqa: E402
 from t2ijax.trainers import loop  # noqa: E402
 
+import json_out  # noqa: E402  (bench/, the script's own folder)
 import shapes_setup  # noqa: E402  (bench/, the script's own folder)
 
 FLAGS = flags.FLAGS
@@ -297,10 +298,7 @@ def main(argv):
             'jax': jax.__version__, 'python': sys.version.split()[0],
             'machine': platform.machine(), 'cpu_count': os.cpu_count(),
             'load_average_at_end': os.getloadavg(), 'results': results}
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out, 'w') as f:
-    json.dump(report, f, indent=2)
-  print(f'wrote {FLAGS.out}')
+  json_out.write(report, FLAGS.out)
 
 
 if __name__ == '__main__':

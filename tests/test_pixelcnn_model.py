@@ -46,7 +46,6 @@ def test_bits_per_dim_matches_numpy_formula():
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
 
 
-
 def test_dense_log_prob_and_its_gradient_match_autodiff_of_the_plain_formula():
   # The hand-written backward (likelihood.dense_log_prob) against jax.grad of
   # dense layer -> image_bits_per_dim, including a target at a masked-out level.
@@ -85,6 +84,7 @@ def test_model_head_split_gives_the_models_logits():
   np.testing.assert_allclose(
       np.asarray(likelihood.dense_bits_per_dim(features, kernel, bias, x)),
       np.asarray(likelihood.image_bits_per_dim(logits, x)), rtol=1e-6)
+
 
 def _tiny_model(condition, spatial=0, words=False, size=8, zero_init=False):
   # Widths of 4+ units per colour group, so ReLUs do not silence a whole group.

@@ -15,7 +15,11 @@ def nll_nats(logits: jax.Array, image: jax.Array) -> jax.Array:
   """Per-image NLL in nats: logits (B, H, W, C, 256), image (B, H, W, C) ints."""
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   target = image.astype(jnp.int32)[..., None]
-  picked = jnp.take_along_axis(log_probs, target, axis=-1)[..., 0]
+  return _image_nll(jnp.take_along_axis(log_probs, target, axis=-1)[..., 0])
+
+
+def _image_nll(picked: jax.Array) -> jax.Array:
+  """Per-sub-pixel log-probabilities (B, ...) -> per-image NLL (B,)."""
   return -jnp.sum(picked.reshape(picked.shape[0], -1), axis=1)
 
 
@@ -45,13 +49,9 @@ def dense_log_prob(features: jax.Array, kernel: jax.Array, bias: jax.Array,
   return _dense_log_prob_fwd(features, kernel, bias, image)[0]
 
 
-def _logits(features, kernel, bias, channels: int):
-  logits = features @ kernel + bias
-  return logits.reshape(*logits.shape[:-1], channels, -1)
-
-
 def _dense_log_prob_fwd(features, kernel, bias, image):
-  logits = _logits(features, kernel, bias, image.shape[-1])
+  logits = features @ kernel + bias
+  logits = logits.reshape(*logits.shape[:-1], image.shape[-1], -1)
   lse = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, image[..., None].astype(jnp.int32), axis=-1)[..., 0]
   return picked - lse, (features, kernel, logits, lse, image)
@@ -76,6 +76,5 @@ dense_log_prob.defvjp(_dense_log_prob_fwd, _dense_log_prob_bwd)
 def dense_bits_per_dim(features: jax.Array, kernel: jax.Array, bias: jax.Array,
                        image: jax.Array) -> jax.Array:
   """Per-image bits/dim of `image` (B, H, W, C) under dense_log_prob's softmaxes."""
-  picked = dense_log_prob(features, kernel, bias, image)
-  nll = -jnp.sum(picked.reshape(picked.shape[0], -1), axis=1)
+  nll = _image_nll(dense_log_prob(features, kernel, bias, image))
   return bits_per_dim(nll, math.prod(image.shape[1:]))

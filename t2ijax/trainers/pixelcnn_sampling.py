@@ -93,8 +93,9 @@ def _layer_constants(model, params, global_cond, spatial_cond, batch_size):
         out_kernel=gp.masked_kernel(lp['h_out']['kernel'], 'B'), out_bias=lp['h_out']['bias'],
         skip_kernel=gp.masked_kernel(lp['skip']['kernel'], 'B'), skip_bias=lp['skip']['bias'],
         cond_v=cond_v, cond_h=cond_h))
+  k2, b2 = model_lib.head_kernel(params)
   head = dict(k1=gp.masked_kernel(d['head_1']['kernel'], 'B'), b1=d['head_1']['bias'],
-              k2=gp.masked_kernel(d['head_2']['kernel'], 'B'), b2=d['head_2']['bias'])
+              k2=k2, b2=b2)
   return layers, head
 
 
